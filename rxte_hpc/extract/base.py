@@ -1,0 +1,47 @@
+"""The one small interface every extractor implements.
+
+An extractor turns one manifest row into one light curve per band. It works in
+the task's scratch workspace, writes what tools print to `tool_log`, and says
+how it failed by raising: NoDataError (nothing to extract: `no_data`),
+DataError (unusable input or tool failure: `failed`, data), SiteError
+(machine trouble: `failed`, site). The worker publishes the result; an
+extractor never writes into the run directory itself (except kept prepared
+products, which are outputs of their own).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, TextIO
+
+from ..archive import Archive
+from ..config import Config
+from ..lcfile import LightCurve
+from ..manifest import ManifestRow
+from ..paths import RunPaths
+from ..scratch import Workspace
+
+
+@dataclass(frozen=True)
+class ExtractContext:
+    """What an extractor may use besides the row: config, run layout, archive access."""
+
+    config: Config
+    paths: RunPaths
+    archive: Archive
+
+
+class Extractor(ABC):
+    """Base class; subclasses set `name` and implement `extract`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, context: ExtractContext) -> None:
+        self.context = context
+
+    def check_available(self) -> None:
+        """Raise UsageError naming what is missing (e.g. HEASoft) before any task starts."""
+
+    @abstractmethod
+    def extract(self, row: ManifestRow, workspace: Workspace, tool_log: TextIO) -> list[LightCurve]:
+        """One light curve per configured band (EXTNAME = band name), in band order."""

@@ -1,0 +1,44 @@
+"""The archive's own standard-product light curve, normalised to this project's OGIP form.
+
+`stdprod/xp<obsid-no-dashes>_n2<band>.lc.gz`: background-subtracted, 16-s bins,
+fixed bands (a 2-9, b 2-4, c 4-9, d 9-20, e 20-40 keV). No HEASoft needed; the
+quickest look at a campaign.
+"""
+from __future__ import annotations
+
+from typing import TextIO
+
+from ..lcfile import LightCurve, read_lightcurve
+from ..manifest import ManifestRow
+from ..obsid import STDPROD_BANDS
+from ..scratch import Workspace
+from .base import Extractor
+
+
+class StdprodExtractor(Extractor):
+    name = "stdprod"
+
+    def extract(self, row: ManifestRow, workspace: Workspace, tool_log: TextIO) -> list[LightCurve]:
+        band = self.context.config.extract.stdprod_band
+        path = self.context.archive.file(row, f"stdprod/{row.obsid.stdprod_lc_name(band)}")
+        tool_log.write(f"reading {path}\n")
+        lc = read_lightcurve(path)
+        keep = ("OBJECT", "CHMIN", "CHMAX", "BACKAPP", "DEADAPP")
+        keywords = {k: lc.keywords[k] for k in keep if k in lc.keywords}
+        lo, hi = STDPROD_BANDS[band]
+        keywords["E_MIN"] = (lo, "[keV] lower edge of the standard-product band")
+        keywords["E_MAX"] = (hi, "[keV] upper edge of the standard-product band")
+        keywords["STDBAND"] = (band, "standard-product band letter")
+        return [
+            LightCurve(
+                time=lc.time,
+                rate=lc.rate,
+                error=lc.error,
+                fracexp=lc.fracexp,
+                timedel=lc.timedel,
+                ref=lc.ref,
+                gti=lc.gti,
+                name="RATE",
+                keywords=keywords,
+            )
+        ]

@@ -1,0 +1,151 @@
+"""Node-local scratch for one task: private directory, private PFILES, cleanup, stale reaping.
+
+Each task gets `<root>/rxte-hpc-<user>-<job>-<label>-<pid>-<random>/` with a
+`pfiles/` directory (its own HEASoft parameter files: shared ones clobber each
+other, LESSONS.md) and a short working directory `w/` (long paths break
+pcaextlc2). A lock file is held while the owner lives; the next task reaps
+directories of this tool whose lock is free, and never touches anything else
+in /dev/shm. This is the only module that knows PFILES.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import getpass
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+PREFIX = "rxte-hpc-"
+LOCK_NAME = ".owner.lock"
+#: A directory of ours without a lock file is reaped only when older than this (it died in mkdtemp).
+UNLOCKED_GRACE_S = 600.0
+_SAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    pfiles: Path
+    work: Path
+
+    def fresh_work(self) -> Path:
+        """Empty the short working directory for the next ObsID and return it."""
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir()
+        return self.work
+
+
+def _label(value: object) -> str:
+    return _SAFE.sub("_", str(value))[:32] or "x"
+
+
+def _usable(root: Path, min_free_bytes: int) -> str | None:
+    """Why `root` cannot be used, or None when it can."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it ({exc.strerror or exc})"
+    if not os.access(root, os.W_OK | os.X_OK):
+        return "not writable"
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError as exc:
+        return f"cannot stat it ({exc.strerror or exc})"
+    if free < min_free_bytes:
+        return f"only {free // 2**20} MiB free, need {min_free_bytes // 2**20} MiB"
+    return None
+
+
+def choose_root(configured: Path, min_free_bytes: int) -> Path:
+    """`configured` when usable, else $TMPDIR (or the system temp dir), saying why in the log."""
+    problem = _usable(configured, min_free_bytes)
+    if problem is None:
+        return configured
+    fallback = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
+    log.warning("scratch root %s unusable (%s); using %s", configured, problem, fallback)
+    fallback_problem = _usable(fallback, 0)
+    if fallback_problem is not None:
+        raise OSError(errno.ENOSPC, f"no usable scratch: {configured} ({problem}), {fallback} ({fallback_problem})")
+    return fallback
+
+
+def reap_stale(root: Path) -> list[Path]:
+    """Remove this tool's directories under `root` whose owner is gone; return what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        if _owner_gone(path):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("reaped stale scratch %s", path)
+            removed.append(path)
+    return removed
+
+
+def _owner_gone(path: Path) -> bool:
+    lock_path = path / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        try:
+            return time.time() - path.stat().st_mtime > UNLOCKED_GRACE_S
+        except OSError:
+            return False
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@contextmanager
+def task_workspace(configured_root: Path, min_free_mb: int, label: str, job: str | None = None) -> Iterator[Workspace]:
+    """A private, locked scratch directory for one task, removed however the task ends."""
+    root = choose_root(configured_root, min_free_mb * 2**20)
+    reap_stale(root)
+    name = f"{PREFIX}{_label(getpass.getuser())}-{_label(job or 'local')}-{_label(label)}-{os.getpid()}-"
+    path = Path(tempfile.mkdtemp(prefix=name, dir=root))
+    lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        ws = Workspace(root=path, pfiles=path / "pfiles", work=path / "w")
+        ws.pfiles.mkdir()
+        ws.work.mkdir()
+        yield ws
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(lock_fd)
+
+
+def heasoft_env(workspace: Workspace, headas: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An explicit environment for one HEASoft call: private PFILES, no prompting.
+
+    Returned as a new dict; the parent's os.environ is never changed (that would
+    leak between threads, as heasoftpy's local_pfiles_context does).
+    """
+    env = dict(os.environ if base is None else base)
+    env["HEADAS"] = str(headas)
+    env["PFILES"] = f"{workspace.pfiles};{Path(headas) / 'syspfiles'}"
+    env["HEADASNOQUERY"] = ""
+    env["HEADASPROMPT"] = "/dev/null"
+    return env
