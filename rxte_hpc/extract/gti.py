@@ -763,15 +763,16 @@ def write_gti_file(
         ],
         name="STDGTI",
     )
-    for key, value, comment in header_source.cards:
-        if _copyable(key):
-            primary.header[key] = (value, comment)
-            table.header[key] = (value, comment)
+    for card in header_source.cards:
+        if _copyable(card.keyword):
+            # From the card image, so values and comments are copied exactly as written.
+            primary.header.append(fits.Card.fromstring(card.image))
+            table.header.append(fits.Card.fromstring(card.image))
     table.header["HDUCLASS"] = ("OGIP", "format conforms to OGIP standard")
     table.header["HDUCLAS1"] = ("GTI", "extension contains good time intervals")
     table.header["HDUCLAS2"] = ("STANDARD", "standard good time intervals")
-    table.header["PREFR"] = (float(prefr), "fraction of the sample spacing before a good row")
-    table.header["POSTFR"] = (float(postfr), "fraction of the sample spacing after a good row")
+    table.header["PREFR"] = (float(prefr), "fraction of spacing before a good row")
+    table.header["POSTFR"] = (float(postfr), "fraction of spacing after a good row")
     for header in (primary.header, table.header):
         header.add_history("maketime (rxte_hpc native) expression:")
         header.add_history(text)
