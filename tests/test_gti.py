@@ -472,3 +472,8 @@ def test_write_gti_file_with_no_intervals_writes_an_empty_table(tmp_path: Path) 
         write_gti_file(out, np.array([[1.0, 2.0]]), fits.Header(), "ELV > 1", 0.5, 0.5)  # overwrites
     with fits.open(out) as hdul:
         assert hdul["STDGTI"].data["START"].tolist() == [1.0]
+
+
+def test_non_numeric_column_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="OBJECT is not numeric"):
+        parse_filter("OBJECT > 1").evaluate({"OBJECT": np.array(["a", "b"])})

@@ -444,7 +444,12 @@ class FilterExpr:
             raw = np.asarray(table[by_upper[upper]])
             if raw.ndim != 1:
                 raise DataError(f"filter expression {self.text!r}: column {by_upper[upper]} is not one value per row")
-            values = raw.astype(np.float64)
+            try:
+                values = raw.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(
+                    f"filter expression {self.text!r}: column {by_upper[upper]} is not numeric ({raw.dtype})"
+                ) from exc
             null = np.isnan(values)
             if upper in null_by_upper:
                 null = null | np.asarray(null_by_upper[upper], dtype=bool)

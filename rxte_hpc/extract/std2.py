@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -136,7 +137,7 @@ def _gain_epochs() -> tuple[_GainEpoch, ...]:
 
 
 @lru_cache(maxsize=None)
-def _energy_table() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _energy_table() -> tuple[np.ndarray, Mapping[str, np.ndarray]]:
     """(channel map from the table, {energy column: keV per Std2 bin}), read once."""
     text = resources.files("rxte_hpc").joinpath("data/pca_std2_energy.csv").read_text(encoding="utf-8")
     rows = list(csv.DictReader(text.splitlines()))
@@ -147,7 +148,7 @@ def _energy_table() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     channel_map.setflags(write=False)
     for values in energies.values():
         values.setflags(write=False)
-    return channel_map, energies
+    return channel_map, MappingProxyType(energies)
 
 
 def gain_epoch(met: float) -> int:
