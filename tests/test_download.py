@@ -223,7 +223,8 @@ def test_fetch_tree_mirrors_a_nested_directory_once(archive: Path, tmp_path: Pat
     assert _cache_leftovers(cache) == []
 
 
-def test_eight_threads_download_one_file_once(archive: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["own-downloader", "shared-downloader"])
+def test_eight_threads_download_one_file_once(archive: Path, tmp_path: Path, shared: bool) -> None:
     cache = tmp_path / "cache"
     barrier = threading.Barrier(8)
     results: list[bytes] = []
@@ -231,13 +232,15 @@ def test_eight_threads_download_one_file_once(archive: Path, tmp_path: Path) -> 
 
     def worker() -> None:
         try:
-            dl = Downloader(server.url, cache, FAST)  # separate instances: only the file lock connects them
+            # separate instances: only the file's flock keeps them apart; shared: the thread stripe too
+            dl = common if shared else Downloader(server.url, cache, FAST)
             barrier.wait(timeout=5)
             results.append(dl.fetch(FILE).read_bytes())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread and re-raised there
             errors.append(exc)
 
     with serve_tree(archive, Faults(delay_s={URLPATH: 0.3})) as server:
+        common = Downloader(server.url, cache, FAST)
         threads = [threading.Thread(target=worker) for _ in range(8)]
         for thread in threads:
             thread.start()
