@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Python deps incl. MPI, a real single-node Slurm)
+# and run the whole suite. Works on a fresh Debian 12 machine as root; the
+# README's test command and .ci/run both call this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${RXTE_HPC_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[test,mpi]'
+export PATH="$PWD/$VENV/bin:$PATH"   # mpiexec from the mpich wheel, rxte-hpc, pytest
+
+# A real Slurm for the slurm-marked tests (installs Debian packages when missing).
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/start-slurm.sh
+else
+  echo "test-all: not root, Slurm cannot be started here; slurm tests will skip" >&2
+fi
+
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+  echo "test-all: pytest collected no tests: that is a failure of the suite" >&2
+  exit 1
+fi
+exit "$rc"
