@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -516,7 +517,14 @@ def _prepare_file(path: Path, hk_dir: Path, base: Path) -> None:
         cols += [Col(f"VLECntPcu{p}", "I", rates["VLECnt"][:, p].astype(np.int16), "count") for p in range(N_PCU)]
         return table_bytes("XTE_SA", cols + extra_cols, bkg_cards)
 
-    _write(Path(f"{base}_bkg"), [primary, bkg_table(counts, []), gti])
     zeroed_bkg = np.where(bad[:, :, None, None], np.float32(0), counts)
     bdead = dead_time_columns(zeroed_bkg.sum(axis=(2, 3)), bkg_vp, bkg_rem, rates["VLECnt"], vle_setting, bad)
     _write(Path(f"{base}_dtbkg"), [primary, bkg_table(zeroed_bkg, _added_columns(on, bad, bdead, vle_setting)), gti])
+    # pcabackest's intermediate `_bkg` is the same spectra without dead-time columns; a hard
+    # link to `_dtbkg` keeps the listed file readable without doubling the largest file on disk
+    bkg_path = Path(f"{base}_bkg")
+    bkg_path.unlink(missing_ok=True)
+    try:
+        os.link(f"{base}_dtbkg", bkg_path)
+    except OSError:
+        _write(bkg_path, [primary, bkg_table(counts, []), gti])
