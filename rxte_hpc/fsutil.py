@@ -29,19 +29,26 @@ def is_temp(path: Path) -> bool:
 
 
 @contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is fsync'ed and renamed to `target`."""
+def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to `target`.
+
+    `durable` also fsyncs the file before and the directory after the rename,
+    so a node crash cannot leave an empty file under the final name. Only
+    advisory files (a `running` record) skip it.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(target)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
     except OSError as exc:
         _discard(tmp)
         raise _site_error(exc, target) from exc
@@ -50,9 +57,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
         raise
 
 
-def write_atomic(target: Path, data: bytes) -> None:
+def write_atomic(target: Path, data: bytes, durable: bool = True) -> None:
     """Publish `data` at `target` atomically; disk problems become SiteError."""
-    with atomic_path(target) as tmp:
+    with atomic_path(target, durable) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()

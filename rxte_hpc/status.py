@@ -66,7 +66,8 @@ class StatusRecord:
 
 
 def write_record(paths: RunPaths, record: StatusRecord) -> None:
-    write_atomic(paths.status(record.obsid), record.to_json().encode())
+    """Publish a record; a `running` record is advisory and skips the fsyncs."""
+    write_atomic(paths.status(record.obsid), record.to_json().encode(), durable=record.state != "running")
 
 
 def read_record(paths: RunPaths, obsid: str) -> StatusRecord | None:
