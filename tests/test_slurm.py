@@ -1,0 +1,437 @@
+"""The Slurm executor: rendering, validation, chunking (pure), then real submissions to a real Slurm.
+
+The live tests (marker `slurm`) start a single-node Slurm 22.05 with
+`scripts/start-slurm.sh` and MaxArraySize=5, so a 12-task run must be cut into
+three arrays. They skip only when Slurm cannot be started here (not root, no
+packages); under CI=true that is a failure instead. Jobs are watched by polling
+`squeue` every 0.2 s (`sbatch --wait` polls after 2, 10, 42 s) and judged from
+`scontrol -o show job` and the run's own status records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rxte_hpc.cli import main
+from rxte_hpc.config import config_from_mapping, load_config
+from rxte_hpc.errors import ConfigError, UsageError
+from rxte_hpc.manifest import read_manifest
+from rxte_hpc.paths import RunPaths
+from rxte_hpc.slurm import array_task_from_env, parse_max_array_size, read_jobs, scheduler_states
+from rxte_hpc.slurm_render import (
+    TEMPLATES,
+    ArrayChunk,
+    RenderInputs,
+    compress_indices,
+    contiguous_chunks,
+    render_array,
+    render_gather,
+    render_mpi,
+    sparse_chunks,
+    time_limit_seconds,
+    validate_slurm,
+)
+from rxte_hpc.status import RunSummary, read_record
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).with_name("data")
+STANDIN = Path(__file__).with_name("heasoft_standin")
+MAX_ARRAY = 5
+
+
+def _config(slurm: dict | None = None, **top: object):
+    raw = {"run_dir": "/scratch/etacar/run", "slurm": {"setup": [], **(slurm or {})}, **top}
+    return config_from_mapping(raw, Path("/project/etacar/etacar.yaml"))
+
+
+# ------------------------------------------------------------------ pure: rendering
+
+
+def _expected_inputs() -> tuple[RenderInputs, list[ArrayChunk]]:
+    cfg = _config(
+        {
+            "partition": "debug",
+            "account": "astro",
+            "time": "02:00:00",
+            "mem": "4G",
+            "cpus_per_task": 1,
+            "throttle": 64,
+            "extra": ["--qos=normal", "--constraint=[ib|eth]"],
+            "setup": ["module load heasoft", "export HEADASNOQUERY="],
+            "signal_s": 120,
+        }
+    )
+    validate_slurm(cfg)
+    inputs = RenderInputs(cfg.slurm, Path("/project/etacar/etacar.yaml"), cfg.run_dir, "/opt/rxte env/bin/python")
+    return inputs, contiguous_chunks(172, 100)
+
+
+def test_array_script_matches_recorded_expected():
+    inputs, chunks = _expected_inputs()
+    rendered = render_array(inputs, chunks)
+    expected = (DATA / "expected_array.sbatch").read_text()
+    assert rendered == expected, "rendered array script changed: review it and update tests/data/expected_array.sbatch"
+
+
+def test_rendered_scripts_quote_and_omit():
+    inputs, _ = _expected_inputs()
+    gather = render_gather(inputs)
+    assert "exec '/opt/rxte env/bin/python' -m rxte_hpc gather /project/etacar/etacar.yaml\n" in gather
+    assert "#SBATCH --partition=debug\n#SBATCH --account=astro\n" in gather
+    mpi = render_mpi(inputs)
+    assert "srun --mpi=pmi2 -n 2 '/opt/rxte env/bin/python' -m rxte_hpc work /project/etacar/etacar.yaml --mpi --gather" in mpi
+    bare = RenderInputs(_config().slurm, Path("/c.yaml"), Path("/r"), "/usr/bin/python3")
+    text = render_array(bare, contiguous_chunks(3, 1001))
+    assert "--partition" not in text and "--account" not in text
+    assert "#SBATCH --array=0-2%64\n" in text and "\n\n" not in text
+    assert 'export RXTE_HPC_TASK_OFFSET="${RXTE_HPC_TASK_OFFSET:-0}"' in text
+    assert text.rstrip().endswith("exec /usr/bin/python3 -m rxte_hpc work /c.yaml --slurm")
+    assert "#SBATCH --signal=B:USR1@120" in text
+
+
+def test_templates_have_one_source_of_truth():
+    for name in TEMPLATES:
+        repo_copy = REPO / "slurm" / f"{name}.sbatch"
+        packaged = REPO / "rxte_hpc" / "templates" / f"{name}.sbatch"
+        assert repo_copy.read_text() == packaged.read_text(), f"slurm/{name}.sbatch differs from the packaged template"
+
+
+@pytest.mark.parametrize(
+    "slurm, key",
+    [
+        ({"partition": "debug; touch /tmp/x"}, "slurm.partition"),
+        ({"account": "a$(id)"}, "slurm.account"),
+        ({"mem": "4G$(id)"}, "slurm.mem"),
+        ({"mem": "4 G"}, "slurm.mem"),
+        ({"time": "01:00:00;id"}, "slurm.time"),
+        ({"time": "1:2:3:4"}, "slurm.time"),
+        ({"extra": ["--qos=x;rm"]}, "slurm.extra[0]"),
+        ({"extra": ["--qos=normal", "-q x"]}, "slurm.extra[1]"),
+        ({"extra": ["--qos=a b"]}, "slurm.extra[0]"),
+        ({"extra": ["--array=1-1000"]}, "slurm.extra[0]"),
+        ({"extra": ["--output=/tmp/`id`"]}, "slurm.extra[0]"),
+        ({"setup": ["module load heasoft\rid"]}, "slurm.setup[0]"),
+        ({"time": "00:01:00", "signal_s": 60}, "slurm.signal_s"),
+    ],
+)
+def test_injection_and_bad_values_rejected(slurm, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate_slurm(_config(slurm))
+
+
+def test_newline_in_setup_line_rejected_by_config():
+    with pytest.raises(ConfigError, match=r"slurm\.setup\[0\]"):
+        _config({"setup": ["module load heasoft\ntouch /tmp/x"]})
+
+
+def test_run_dir_that_sbatch_cannot_carry_is_refused():
+    cfg = _config(run_dir="/scratch/my run")
+    with pytest.raises(UsageError, match="run_dir"):
+        render_array(RenderInputs.from_config(cfg, "/usr/bin/python3"), contiguous_chunks(2, 5))
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [("90", 5400), ("5:30", 330), ("02:00:00", 7200), ("1-0", 86400), ("1-12:30", 131400), ("0-00:01:00", 60)],
+)
+def test_time_limit_seconds(value, seconds):
+    assert time_limit_seconds(value) == seconds
+
+
+# ------------------------------------------------------------------ pure: chunks and environment
+
+
+def test_contiguous_chunks_keep_every_index_below_max_array_size():
+    chunks = contiguous_chunks(12, 5)
+    assert [(c.spec(), c.offset) for c in chunks] == [("0-4", 0), ("0-4", 5), ("0-1", 10)]
+    assert [t for c in chunks for t in c.tasks] == list(range(12))
+    assert contiguous_chunks(5, 5) == [ArrayChunk(0, (0, 1, 2, 3, 4))]
+    assert chunks[2].array_option(3) == "--array=0-1%3"
+
+
+def test_sparse_chunks_group_by_offset():
+    chunks = sparse_chunks([42, 3, 17, 18, 19, 4], 10)
+    assert [(c.offset, c.spec()) for c in chunks] == [(0, "3-4"), (10, "7-9"), (40, "2")]
+    assert sorted(t for c in chunks for t in c.tasks) == [3, 4, 17, 18, 19, 42]
+    assert all(i < 10 for c in chunks for i in c.indices)
+    assert compress_indices([3, 17, 42]) == "3,17,42"
+    assert sparse_chunks([2, 6], 5) == [ArrayChunk(0, (2,)), ArrayChunk(5, (1,))]
+
+
+def test_array_task_from_env():
+    env = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_JOB_ID": "812", "RXTE_HPC_TASK_OFFSET": "1000"}
+    assert array_task_from_env(env) == (1003, "812_3")
+    assert array_task_from_env({"SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_JOB_ID": "9"}) == (17, "9_17")
+    with pytest.raises(UsageError, match="--task"):
+        array_task_from_env({})
+    with pytest.raises(UsageError, match="RXTE_HPC_TASK_OFFSET"):
+        array_task_from_env({**env, "RXTE_HPC_TASK_OFFSET": "-5"})
+    with pytest.raises(UsageError, match="SLURM_ARRAY_TASK_ID"):
+        array_task_from_env({**env, "SLURM_ARRAY_TASK_ID": "x"})
+
+
+def test_parse_max_array_size():
+    text = "MailType                = (null)\nMaxArraySize            = 1001\nMaxBatchRequeue         = 5\n"
+    assert parse_max_array_size(text) == 1001
+
+
+def test_scheduler_states_without_jobs_or_without_slurm(tmp_path, monkeypatch):
+    cfg = _config(run_dir=str(tmp_path / "run"))
+    assert "no Slurm jobs recorded" in scheduler_states(cfg)["summary"]
+    jobs = RunPaths(cfg.run_dir).slurm_dir / "jobs.json"
+    jobs.parent.mkdir(parents=True)
+    jobs.write_text(json.dumps({"submissions": [{"kind": "array", "job_id": "5", "offset": 0}]}))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue here
+    states = scheduler_states(cfg)
+    assert states["available"] is False and "squeue not found" in states["summary"]
+
+
+def test_dry_run_without_slurm_prints_and_submits_nothing(tmp_path, monkeypatch, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": "run",
+                "archive": {"root": "simulated"},
+                "simulate": {"n_obs": 3, "seed": 2},
+                "source": {"kind": "archive"},
+                "extract": {"backend": "stdprod"},
+                "tasks": {"obs_per_task": 1},
+                "slurm": {"setup": [], "throttle": 2},
+            }
+        )
+    )
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert main(["submit", str(cfg_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 tasks (3 ObsIDs) as 1 array(s); MaxArraySize 1001" in out
+    assert "sbatch --parsable --array=0-2%2 --export=ALL,RXTE_HPC_TASK_OFFSET=0" in out
+    assert "--dependency=afterany:" in out and "exec " in out
+    assert not (tmp_path / "run" / "slurm").exists() and not (tmp_path / "run" / "manifest.ecsv").exists()
+
+
+# ------------------------------------------------------------------ live Slurm
+
+
+def _cmd(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=60)
+
+
+def _max_array_now() -> str | None:
+    if shutil.which("scontrol") is None:
+        return None
+    proc = _cmd("scontrol", "show", "config")
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
+    return m.group(1) if proc.returncode == 0 and m else None
+
+
+def _start_slurm(max_array: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SLURM_CI_MAX_ARRAY": max_array}
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "start-slurm.sh")], capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A live Slurm with MaxArraySize=5; the previous MaxArraySize is restored afterwards."""
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    why = None
+    if os.geteuid() != 0:
+        why = "scripts/start-slurm.sh needs root"
+    else:
+        before = _max_array_now()
+        proc = _start_slurm(str(MAX_ARRAY))
+        if proc.returncode != 0:
+            why = f"scripts/start-slurm.sh failed: {proc.stderr.strip().splitlines()[-1:]}"
+    if why is not None:
+        if in_ci:
+            pytest.fail(f"Slurm cannot be started under CI: {why}")
+        pytest.skip(why)
+    yield MAX_ARRAY
+    if before is not None and before != str(MAX_ARRAY):
+        _start_slurm(before)
+
+
+def wait_jobs(ids: list[str], timeout: float = 120.0) -> None:
+    """Poll squeue every 0.2 s until none of these jobs (or their elements) is queued."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = _cmd("squeue", "-h", "-j", ",".join(ids))
+        if not proc.stdout.strip():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"jobs {ids} still queued after {timeout} s:\n{proc.stdout}")
+        time.sleep(0.2)
+
+
+def job_states(job_id: str) -> dict[str, tuple[str, str]]:
+    """{element or job id: (JobState, ExitCode)} from `scontrol -o show job`."""
+    out = {}
+    for line in _cmd("scontrol", "-o", "show", "job", job_id).stdout.splitlines():
+        f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        name = f"{f['ArrayJobId']}_{f['ArrayTaskId']}" if "ArrayTaskId" in f else f["JobId"]
+        out[name] = (f["JobState"], f["ExitCode"])
+    return out
+
+
+def run_ids(run_dir: Path, kinds: tuple[str, ...]) -> list[str]:
+    return [j["job_id"] for j in read_jobs(RunPaths(run_dir)) if j["kind"] in kinds]
+
+
+@pytest.fixture(scope="session")
+def sim_archive(tmp_path_factory):
+    """One simulated archive (24 ObsIDs, with standard products) shared read-only by the live tests."""
+    root = tmp_path_factory.mktemp("archive")
+    assert main(["simulate", str(root), "--n-obs", "24", "--seed", "3"]) == 0
+    return root
+
+
+def write_config(tmp_path: Path, archive: Path, **over: object) -> Path:
+    raw = {
+        "run_dir": str(tmp_path / "run"),
+        "archive": {"root": str(archive)},
+        "source": {"kind": "archive"},
+        "extract": {"backend": "stdprod"},
+        "scratch": {"root": str(tmp_path / "scratch")},
+        "tasks": {"obs_per_task": 2},
+        "slurm": {"partition": None, "time": "00:05:00", "mem": "200M", "throttle": 8, "setup": [], "signal_s": 30},
+    }
+    for key, value in over.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slurm
+def test_live_chunked_arrays_then_gather(slurm_cluster, sim_archive, tmp_path, capsys):
+    cfg_path = write_config(tmp_path, sim_archive)
+    assert main(["submit", str(cfg_path)]) == 0
+    run = tmp_path / "run"
+    jobs = read_jobs(RunPaths(run))
+    arrays = [j for j in jobs if j["kind"] == "array"]
+    assert [(j["array"], j["offset"]) for j in arrays] == [("0-4", 0), ("0-4", 5), ("0-1", 10)]
+    gather = [j for j in jobs if j["kind"] == "gather"]
+    assert len(gather) == 1 and gather[0]["depends_on"] == [j["job_id"] for j in arrays]
+    assert "afterany:" in gather[0]["command"][2]
+    wait_jobs([j["job_id"] for j in jobs])
+
+    cfg = load_config(cfg_path)
+    manifest = read_manifest(RunPaths(run).manifest)
+    assert manifest.n_tasks == 12
+    for j in arrays:
+        states = job_states(j["job_id"])
+        assert len(states) == len(j["tasks"]) and all(s == ("COMPLETED", "0:0") for s in states.values()), states
+        for index, task in enumerate(j["tasks"]):
+            log = run / "slurm" / "logs" / f"{j['job_id']}_{index}.out"
+            assert f"task{task:05d}: end: 2 done" in log.read_text()
+    assert job_states(gather[0]["job_id"])[gather[0]["job_id"]] == ("COMPLETED", "0:0")
+    records = {row.obsid.text: read_record(RunPaths(run), row.obsid.text) for row in manifest.rows}
+    assert all(r is not None and r.state == "done" and r.config_hash == cfg.hash() for r in records.values())
+    # each ObsID processed once, by the element whose index + offset is its task
+    by_job = {j["job_id"]: j["offset"] for j in arrays}
+    for row in manifest.rows:
+        job, index = records[row.obsid.text].slurm_job.split("_")
+        assert int(index) + by_job[job] == row.task
+    assert (run / "merged.lc").is_file()
+    assert len(list((run / "logs" / "tasks").glob("task*.log"))) == 12
+
+    capsys.readouterr()
+    assert main(["status", str(cfg_path), "--scheduler"]) == 0
+    assert "nothing of this run in the queue" in capsys.readouterr().out
+    assert main(["rerun", str(cfg_path)]) == 0
+    assert "nothing to rerun" in capsys.readouterr().out
+
+
+@pytest.mark.slurm
+def test_live_cancelled_elements_are_rerun(slurm_cluster, sim_archive, tmp_path, capsys):
+    # 24 ObsIDs, 3 per task: 8 tasks = arrays 0-4 (offset 0) and 0-2 (offset 5); throttle 1 keeps elements pending
+    cfg_path = write_config(tmp_path, sim_archive, tasks={"obs_per_task": 3}, slurm={"throttle": 1})
+    assert main(["submit", str(cfg_path)]) == 0
+    run = tmp_path / "run"
+    first, second = run_ids(run, ("array",))
+    for element in (f"{first}_2", f"{second}_1"):  # tasks 2 and 6
+        assert _cmd("scancel", element).returncode == 0
+    wait_jobs(run_ids(run, ("array", "gather")))
+    # a pending element cancelled before it started leaves no job record at all
+    assert job_states(first).get(f"{first}_2", ("CANCELLED",))[0] == "CANCELLED"
+
+    cfg = load_config(cfg_path)
+    manifest = read_manifest(RunPaths(run).manifest)
+    summary = RunSummary.collect(manifest, RunPaths(run), cfg.hash())
+    assert {s.task for s in summary.with_state("missing")} == {2, 6}
+    assert len(summary.with_state("missing")) == 6
+    capsys.readouterr()
+    assert main(["status", str(cfg_path)]) == 1
+    assert "6 missing" in capsys.readouterr().out
+
+    assert main(["rerun", str(cfg_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "rerun 2 task(s): 2, 6" in out
+    assert "--array=2%1 --export=ALL,RXTE_HPC_TASK_OFFSET=0" in out
+    assert "--array=1%1 --export=ALL,RXTE_HPC_TASK_OFFSET=5" in out
+    assert len(read_jobs(RunPaths(run))) == 3  # the dry run submitted nothing
+
+    (run / "merged.lc").unlink(missing_ok=True)
+    assert main(["rerun", str(cfg_path)]) == 0
+    wait_jobs(run_ids(run, ("rerun", "rerun-gather")))
+    summary = RunSummary.collect(manifest, RunPaths(run), cfg.hash())
+    assert summary.complete
+    assert (run / "merged.lc").is_file()
+    reruns = [j for j in read_jobs(RunPaths(run)) if j["kind"] == "rerun"]
+    assert sorted(t for j in reruns for t in j["tasks"]) == [2, 6]
+
+
+@pytest.mark.slurm
+def test_live_signal_before_time_limit_records_interrupted(slurm_cluster, sim_archive, tmp_path, capsys, monkeypatch):
+    # Two ObsIDs, one task, through the HEASoft stand-in made slow: the element gets the
+    # USR1 that `--signal=B:USR1@N` sends before the limit, while an ObsID is in flight.
+    obsid_dirs = sorted(sim_archive.glob("AO*/P*/*-*-*-*"), key=lambda p: p.name)[:2]
+    table = tmp_path / "obsids.csv"
+    table.write_text("obsid,cycle\n" + "".join(f"{p.name},{p.parent.parent.name[2:]}\n" for p in obsid_dirs))
+    cfg_path = write_config(
+        tmp_path,
+        sim_archive,
+        source={"kind": "table", "path": str(table)},
+        extract={"backend": "heasoft", "chmin": 5, "chmax": 10},
+        slurm={"time": "00:01:00", "signal_s": 10},
+    )
+    monkeypatch.setenv("HEADAS", str(STANDIN))  # sbatch exports the submitting environment
+    monkeypatch.setenv("RXTE_STANDIN_SLEEP", "3")
+    assert main(["submit", str(cfg_path)]) == 0
+    run = tmp_path / "run"
+    (array,) = run_ids(run, ("array",))
+    manifest = read_manifest(RunPaths(run).manifest)
+    first = manifest.rows_for_task(0)[0].obsid.text
+    deadline = time.monotonic() + 60
+    while (rec := read_record(RunPaths(run), first)) is None or rec.state != "running":
+        assert time.monotonic() < deadline, "the element never started its first ObsID"
+        time.sleep(0.05)
+    assert _cmd("scancel", "--signal=USR1", "--batch", f"{array}_0").returncode == 0
+    wait_jobs(run_ids(run, ("array", "gather")))
+
+    rec = read_record(RunPaths(run), first)
+    assert rec is not None and rec.state == "interrupted" and rec.error_kind == "site", rec
+    assert rec.slurm_job == f"{array}_0"
+    assert job_states(array)[f"{array}_0"] == ("FAILED", "138:0")
+    assert not [p for p in (tmp_path / "scratch").iterdir() if p.name.startswith("rxte-hpc")], "scratch left behind"
+
+    capsys.readouterr()
+    assert main(["rerun", str(cfg_path), "--dry-run"]) == 0
+    assert "rerun 1 task(s): 0" in capsys.readouterr().out
+    monkeypatch.delenv("RXTE_STANDIN_SLEEP")
+    assert main(["rerun", str(cfg_path)]) == 0
+    wait_jobs(run_ids(run, ("rerun", "rerun-gather")))
+    cfg = load_config(cfg_path)
+    assert RunSummary.collect(manifest, RunPaths(run), cfg.hash()).complete
+    assert read_record(RunPaths(run), first).state == "done"
