@@ -1,0 +1,445 @@
+"""The heasoft extractor against the stand-in HEASoft tree (tests/heasoft_standin).
+
+The stand-in keeps what makes HEASoft hard to run in parallel (PFILES read and
+written back, fcollect's `fname` read-back, exit 0 with "terminating with
+status -1", no prompting without a terminal), so these tests show the
+extractor's isolation and failure checks working, not just its happy path.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+from astropy.table import Table
+
+from rxte_hpc.archive import LocalArchive
+from rxte_hpc.config import config_from_mapping, load_config
+from rxte_hpc.errors import DataError, NoDataError, UsageError
+from rxte_hpc.extract.base import ExtractContext
+from rxte_hpc.extract.heasoft import HeasoftExtractor, ToolRun
+from rxte_hpc.manifest import ManifestRow, build_manifest, Observation
+from rxte_hpc.obsid import ObsID
+from rxte_hpc.paths import RunPaths
+from rxte_hpc.scratch import Workspace
+from rxte_hpc.sim import SimArchive, simulate_archive
+
+REPO = Path(__file__).resolve().parents[1]
+STANDIN = REPO / "tests" / "heasoft_standin"
+ETACAR = REPO / "configs" / "etacar.yaml"
+FILTER = "(ELV > 4) && (OFFSET < 0.1)"
+
+
+def _standin_module():
+    """The stand-in's PFILES module, for reading the .par files it wrote (it is not a package)."""
+    name = "rxte_heasoft_standin"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, STANDIN / "lib" / "standin.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+standin = _standin_module()
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory) -> SimArchive:
+    return simulate_archive(tmp_path_factory.mktemp("heasoft-archive"), n_obs=8, seed=7, with_broken=True)
+
+
+def _rows(archive: SimArchive) -> list[ManifestRow]:
+    return [
+        ManifestRow(i, o.obsid, o.cycle, o.prnb, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec, 0)
+        for i, o in enumerate(archive.observations)
+    ]
+
+
+def _good(archive: SimArchive) -> list[ManifestRow]:
+    return [r for r in _rows(archive) if r.obsid.text not in archive.broken]
+
+
+def _broken(archive: SimArchive, kind: str) -> ManifestRow:
+    from rxte_hpc.sim import BROKEN_KINDS
+
+    return next(r for r in _rows(archive) if archive.broken.get(r.obsid.text) == BROKEN_KINDS[kind])
+
+
+def _extractor(archive: SimArchive, tmp: Path, extract: dict | None = None, env: dict | None = None,
+               run_dir: Path | None = None) -> HeasoftExtractor:
+    raw = {
+        "run_dir": str(run_dir or tmp / "run"),
+        "target": {"name": "eta car", "ra": 161.2647, "dec": -59.6844},
+        "archive": {"root": str(archive.root)},
+        "extract": {"backend": "heasoft", "chmin": 5, "chmax": 10, "filter": FILTER, **(extract or {})},
+    }
+    config = config_from_mapping(raw, tmp / "test.yaml")
+    context = ExtractContext(config, RunPaths(config.run_dir), LocalArchive(archive.root))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RXTE_STANDIN")}
+    environ.update({"HEADAS": str(STANDIN), **(env or {})})
+    return HeasoftExtractor(context, environ=environ)
+
+
+def _workspace(base: Path, pfiles: Path | None = None) -> Workspace:
+    ws = Workspace(root=base, pfiles=pfiles or base / "pfiles", work=base / "w")
+    ws.pfiles.mkdir(parents=True, exist_ok=True)
+    ws.work.mkdir(parents=True, exist_ok=True)
+    return ws
+
+
+def _params(pfiles: Path, task: str) -> dict[str, str]:
+    return {p.name: p.value for p in standin.read_par(pfiles / f"{task}.par")}
+
+
+def _true_filter(archive: SimArchive, row: ManifestRow) -> np.ndarray:
+    """The ObsID's own filter-file rows (what pcaprepobsid must leave as FP_*.xfl)."""
+    path = archive.root / str(row.obsid.archive_dir(row.cycle)) / "stdprod" / row.obsid.filter_file_name()
+    with fits.open(io.BytesIO(gzip.decompress(path.read_bytes()))) as hdul:
+        return np.asarray(hdul["XTE_MKF"].data["Time"])
+
+
+def _obs_window(archive: SimArchive, row: ManifestRow) -> tuple[float, float]:
+    with fits.open(archive.root / str(row.obsid.archive_dir(row.cycle)) / "FMI") as hdul:
+        data = hdul["XTE_MI"].data
+        return float(data["StartMET"][0]), float(data["StopMET"][0])
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def test_seed_parameters_reach_every_task_exactly(archive, tmp_path):
+    row = _good(archive)[0]
+    ws = _workspace(tmp_path / "s")
+    log = io.StringIO()
+    curves = _extractor(archive, tmp_path).extract(row, ws, log)
+
+    prep = _params(ws.pfiles, "pcaprepobsid")
+    assert prep["indir"] == str(archive.root / str(row.obsid.archive_dir(row.cycle)))
+    assert prep["outdir"] == "prep"
+    assert float(prep["ra"]) == 161.2647 and float(prep["dec"]) == -59.6844
+
+    mk = _params(ws.pfiles, "maketime")
+    xfl = sorted((ws.work / "prep").glob("FP_*.xfl"))
+    assert mk["infile"] == f"prep/{xfl[0].name}"
+    assert mk["outfile"] == "gti.fits"
+    assert mk["expr"] == FILTER
+    assert (mk["name"], mk["value"], mk["time"]) == ("NAME", "VALUE", "TIME")
+    assert (mk["compact"], mk["clobber"]) == ("no", "yes")
+
+    lc = _params(ws.pfiles, "pcaextlc2")
+    assert lc["src_infile"] == "@prep/FP_dtstd2.lis" and lc["bkg_infile"] == "@prep/FP_dtbkg2.lis"
+    assert lc["outfile"] == "RATE.lc" and lc["gtiandfile"] == "gti.fits"
+    assert (lc["pculist"], lc["layerlist"], float(lc["binsz"])) == ("ALL", "ALL", 16.0)
+    assert (lc["chmin"], lc["chmax"], lc["clobber"]) == ("5", "10", "yes")
+
+    # one call of each per ObsID, all logged with their output
+    text = log.getvalue()
+    assert [text.count(f"bin/{t} ") for t in ("pcaprepobsid", "maketime", "pcaextlc2")] == [1, 1, 1]
+    assert len(curves) == 1 and curves[0].name == "RATE" and curves[0].n_rows > 0
+    assert curves[0].keywords["CHMIN"][0] == 5 and curves[0].keywords["CHMAX"][0] == 10
+    assert curves[0].timedel == 16.0
+    start, stop = _obs_window(archive, row)
+    assert start <= curves[0].time.min() and curves[0].time.max() < stop + 16
+
+
+def test_rate_matches_the_simulated_truth(archive, tmp_path):
+    """Channels 5-24 net rate per live PCU, as the simulation injected it (independent arithmetic)."""
+    truth = {str(r["obsid"]): float(r["mean_net_rate"]) for r in Table.read(archive.root / "sim_truth.ecsv")}
+    row = _good(archive)[1]
+    lc = _extractor(archive, tmp_path, {"chmax": 24}).extract(row, _workspace(tmp_path / "s"), io.StringIO())[0]
+    assert np.nanmean(lc.rate) == pytest.approx(truth[row.obsid.text], rel=0.05)
+    assert set(lc.columns) >= {"BACKV", "BACKE", "LiveTime"}
+    assert np.all(lc.fracexp <= 1.0)
+
+
+def test_energy_bands_become_channels_per_gain_epoch(archive, tmp_path):
+    from rxte_hpc.extract.std2 import gain_epoch, energy_to_channels
+
+    row = _good(archive)[2]
+    ws = _workspace(tmp_path / "s")
+    extractor = _extractor(archive, tmp_path, {"chmin": None, "chmax": None, "bands": {"soft": [2, 4], "hard": [4, 9]}})
+    curves = extractor.extract(row, ws, io.StringIO())
+    assert [c.name for c in curves] == ["soft", "hard"]
+    with fits.open(sorted((ws.work / "prep").glob("FS4a_*_dt"))[0]) as hdul:
+        met = hdul[1].header["TSTART"] + hdul[1].header["TIMEZERO"]
+    lo, hi = energy_to_channels(4, 9, gain_epoch(met))
+    assert (curves[1].keywords["CHMIN"][0], curves[1].keywords["CHMAX"][0]) == (lo, hi)
+    assert (curves[1].keywords["E_MIN"][0], curves[1].keywords["E_MAX"][0]) == (4.0, 9.0)
+    assert _params(ws.pfiles, "pcaextlc2")["outfile"] == "hard.lc"
+
+
+# ---------------------------------------------------------------------------- parallel PFILES
+
+
+def _run_concurrently(archive, tmp: Path, shared_pfiles: bool) -> dict[str, object]:
+    """Eight ObsIDs at once in threads; returns ObsID -> light curve or the exception."""
+    extractor = _extractor(archive, tmp, env={"RXTE_STANDIN_RACE_S": "1.5"})
+    rows = _good(archive)
+    assert len(rows) == 8
+    shared = tmp / "shared-pfiles"
+
+    def one(row: ManifestRow):
+        ws = _workspace(tmp / row.obsid.text, shared if shared_pfiles else None)
+        try:
+            return row, ws, extractor.extract(row, ws, io.StringIO())[0]
+        except (DataError, NoDataError) as exc:
+            return row, ws, exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {row.obsid.text: (row, ws, result) for row, ws, result in pool.map(one, rows)}
+
+
+def _is_right(archive, row, ws, result) -> bool:
+    if isinstance(result, Exception):
+        return False
+    xfl = sorted((ws.work / "prep").glob("FP_*.xfl"))
+    with fits.open(xfl[0]) as hdul:
+        own_filter = np.array_equal(np.asarray(hdul["XTE_MKF"].data["Time"]), _true_filter(archive, row))
+    start, stop = _obs_window(archive, row)
+    return own_filter and result.n_rows > 0 and start <= result.time.min() and result.time.max() < stop + 16
+
+
+@pytest.mark.slow
+def test_one_shared_pfiles_directory_swaps_filter_files(archive, tmp_path):
+    """The hazard is real in the stand-in: with one PFILES dir, ObsIDs get each other's filter files."""
+    results = _run_concurrently(archive, tmp_path, shared_pfiles=True)
+    wrong = [obsid for obsid, (row, ws, res) in results.items() if not _is_right(archive, row, ws, res)]
+    assert wrong, "eight concurrent runs sharing one PFILES directory should have collided"
+
+
+@pytest.mark.slow
+def test_private_pfiles_keep_concurrent_obsids_apart(archive, tmp_path):
+    results = _run_concurrently(archive, tmp_path, shared_pfiles=False)
+    wrong = {obsid: res for obsid, (row, ws, res) in results.items() if not _is_right(archive, row, ws, res)}
+    assert not wrong
+    firsts = {float(res.time[0]) for _, _, res in results.values()}
+    assert len(firsts) == 8
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def test_status_minus_one_with_exit_zero_is_a_failure(archive, tmp_path):
+    extractor = _extractor(archive, tmp_path, env={"RXTE_STANDIN_FAIL": "pcaextlc2"})
+    with pytest.raises(DataError, match=r"pcaextlc2 failed: .*Task pcaextlc2 2\.2 terminating with status -1"):
+        extractor.extract(_good(archive)[0], _workspace(tmp_path / "s"), io.StringIO())
+
+
+def test_tool_run_failure_rules():
+    ok = ToolRun("t", (), 0, "fine\nTask t 1.0 terminating with status 0\n")
+    assert ok.failure() is None
+    bad = ToolRun("t", (), 0, "t: ERROR: no such file\nTask t 1.0 terminating with status -1\n")
+    assert bad.failure() == "t: ERROR: no such file; Task t 1.0 terminating with status -1"
+    assert ToolRun("t", (), 3, "Segmentation fault\n").failure() == "exit status 3"
+
+
+def test_empty_list_file_is_a_failure(archive, tmp_path):
+    extractor = _extractor(archive, tmp_path, env={"RXTE_STANDIN_EMPTY_LIST": "FP_dtstd2.lis"})
+    with pytest.raises(DataError, match="empty FP_dtstd2.lis"):
+        extractor.extract(_good(archive)[0], _workspace(tmp_path / "s"), io.StringIO())
+
+
+def _kept_copy(archive, row: ManifestRow, prepared: Path) -> Path:
+    """Put the simulation's prepared products for `row` where keep_prepared looks for them."""
+    kept = prepared / row.obsid.text
+    shutil.copytree(archive.root / "prepared" / row.obsid.text, kept)
+    return kept
+
+
+def test_missing_list_file_is_a_failure(archive, tmp_path):
+    row = _good(archive)[0]
+    kept = _kept_copy(archive, row, tmp_path / "prepared")
+    (kept / "FP_dtbkg2.lis").unlink()
+    extractor = _extractor(archive, tmp_path, {"keep_prepared": True, "prepared": str(tmp_path / "prepared")})
+    with pytest.raises(DataError, match="left no FP_dtbkg2.lis"):
+        extractor.extract(row, _workspace(tmp_path / "s"), io.StringIO())
+
+
+def test_swapped_filter_file_gives_an_empty_light_curve_and_fails(archive, tmp_path):
+    """What the PFILES race does, made deterministic: another ObsID's filter file -> no rows -> failed."""
+    row, other = _good(archive)[0], _good(archive)[5]
+    kept = _kept_copy(archive, row, tmp_path / "prepared")
+    own = next(kept.glob("FP_*.xfl"))
+    shutil.copyfile(next((archive.root / "prepared" / other.obsid.text).glob("FP_*.xfl")), own)
+    extractor = _extractor(archive, tmp_path, {"keep_prepared": True, "prepared": str(tmp_path / "prepared")})
+    log = io.StringIO()
+    with pytest.raises(DataError, match="empty light curve"):
+        extractor.extract(row, _workspace(tmp_path / "s"), log)
+    assert "pcaprepobsid skipped" in log.getvalue()
+
+
+def test_empty_gti_is_no_data(archive, tmp_path):
+    with pytest.raises(NoDataError, match=r"every filter row fails .*ELV > 4"):
+        _extractor(archive, tmp_path).extract(_broken(archive, "filtered_out"), _workspace(tmp_path / "s"), io.StringIO())
+
+
+def test_no_standard2_is_no_data_and_corrupt_is_failed(archive, tmp_path):
+    extractor = _extractor(archive, tmp_path)
+    with pytest.raises(NoDataError, match="no Standard-2"):
+        extractor.extract(_broken(archive, "no_std2"), _workspace(tmp_path / "a"), io.StringIO())
+    with pytest.raises(DataError, match="pcaprepobsid failed: .*terminating with status -1"):
+        extractor.extract(_broken(archive, "corrupt"), _workspace(tmp_path / "b"), io.StringIO())
+
+
+# ---------------------------------------------------------------------------- availability
+
+
+def test_check_available_names_what_is_missing(archive, tmp_path):
+    extractor = _extractor(archive, tmp_path)
+    extractor.check_available()
+    del extractor._environ["HEADAS"]
+    with pytest.raises(UsageError, match="HEADAS is not set"):
+        extractor.check_available()
+    fake = tmp_path / "headas"
+    shutil.copytree(STANDIN, fake)
+    (fake / "bin" / "maketime").unlink()
+    extractor = _extractor(archive, tmp_path, env={"HEADAS": str(fake)})
+    with pytest.raises(UsageError, match=r"\$HEADAS/bin/maketime") as err:
+        extractor.check_available()
+    assert "pcaextlc2" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------- keep_prepared
+
+
+def test_keep_prepared_copies_once_then_reuses(archive, tmp_path):
+    row = _good(archive)[3]
+    extractor = _extractor(archive, tmp_path, {"keep_prepared": True})
+    first = extractor.extract(row, _workspace(tmp_path / "a"), io.StringIO())[0]
+    kept = tmp_path / "run" / "prepared" / row.obsid.text
+    assert (kept / "pcaprepobsid_done.txt").is_file()
+    entries = (kept / "FP_dtstd2.lis").read_text().split()
+    assert entries and all(Path(e).is_absolute() and Path(e).is_file() for e in entries)
+    assert not [p for p in kept.parent.iterdir() if p.name.startswith(".")]
+    log = io.StringIO()
+    second = extractor.extract(row, _workspace(tmp_path / "b"), log)[0]
+    assert "bin/pcaprepobsid" not in log.getvalue()
+    np.testing.assert_array_equal(first.rate, second.rate)
+
+
+# ---------------------------------------------------------------------------- the stand-in itself
+
+
+def _standin_env(pfiles: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RXTE_STANDIN", "HEADAS"))}
+    env.update(HEADAS=str(STANDIN), PFILES=f"{pfiles};{STANDIN / 'syspfiles'}", **extra)
+    return env
+
+
+def _standin_run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(STANDIN / "bin" / args[0]), *args[1:]], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+
+def test_standin_refuses_to_prompt_and_maketime_clobber_defaults_to_no(archive, tmp_path):
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    xfl = next((archive.root / "prepared" / _good(archive)[0].obsid.text).glob("FP_*.xfl"))
+    env = _standin_env(pf, HEADASPROMPT="/dev/null")
+    res = _standin_run(["maketime", f"infile={xfl}", "outfile=g.fits"], env, tmp_path)
+    assert res.returncode == 0
+    assert "Unable to get parameter 'expr'" in res.stdout
+    assert "Task maketime 2.2a terminating with status -1" in res.stdout
+    args = ["maketime", f"infile={xfl}", "outfile=g.fits", f"expr={FILTER}", "name=NAME", "value=VALUE",
+            "time=TIME", "compact=no"]
+    assert "terminating" not in _standin_run(args, env, tmp_path).stdout
+    again = _standin_run(args, env, tmp_path)
+    assert again.returncode == 0 and "already exists" in again.stdout and "terminating with status 105" in again.stdout
+    assert "terminating" not in _standin_run([*args, "clobber=yes"], env, tmp_path).stdout
+
+
+def test_standin_pcaextlc2_refuses_long_column_list_paths(archive, tmp_path):
+    row = _good(archive)[0]
+    pf = tmp_path / "pf"
+    pf.mkdir()
+    prepared = archive.root / "prepared" / row.obsid.text
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    args = ["pcaextlc2", f"src_infile=@{prepared}/FP_dtstd2.lis", f"bkg_infile=@{prepared}/FP_dtbkg2.lis",
+            f"outfile={deep}/RATE.lc", "gtiandfile=-", "pculist=ALL", "layerlist=ALL", "binsz=16"]
+    res = _standin_run(args, _standin_env(pf), tmp_path)
+    assert res.returncode == 0 and "COLUMNS parameter may be too long" in res.stdout
+    assert "Task pcaextlc2 2.2 terminating with status -1" in res.stdout
+    ok = _standin_run([*args[:3], "outfile=RATE.lc", *args[4:]], _standin_env(pf), deep)
+    assert "terminating" not in ok.stdout, ok.stdout
+    assert (deep / "RATE.lc").is_file()
+    assert not (deep / "RATE.lc_cols.lis").exists()
+    with fits.open(deep / "RATE.lc") as hdul:
+        h = hdul["RATE"].header
+        assert (h["TIMEZERI"], h["TIMEZERF"], h["TIMEPIXR"], h["DEADAPP"], h["BACKAPP"]) == (0, 0.0, 0.0, True, True)
+        assert "TSTARTI" in h and "TSTART" not in h and hdul[2].name == "GTI"
+
+
+def test_standin_reads_user_copy_and_falls_back_without_pfiles(tmp_path):
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("PFILES",)}
+    env["HOME"] = str(home)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import standin; "
+        "u, s = standin.pfiles_dirs(); print(u[0], s[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(STANDIN / "lib")], env=env, stdout=subprocess.PIPE,
+                         text=True, check=True).stdout.split()
+    assert out == [str(home / "pfiles"), str(STANDIN / "syspfiles")]
+
+
+# ---------------------------------------------------------------------------- through the worker / CLI
+
+
+def _etacar_variant(tmp: Path, run_dir: Path, n_obs: int = 8) -> Path:
+    raw = yaml.safe_load(ETACAR.read_text())
+    raw["run_dir"] = str(run_dir)
+    raw["archive"] = {"root": "simulated"}
+    raw["simulate"] = {"n_obs": n_obs, "seed": 3}
+    raw["source"] = {"kind": "archive"}
+    raw["scratch"] = {"root": str(tmp / "shm")}
+    raw["tasks"] = {"obs_per_task": 4}
+    path = tmp / "etacar-test.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_long_run_dir_path_works_through_the_worker(tmp_path):
+    from rxte_hpc.archive import ensure_simulated
+    from rxte_hpc.worker import run_task
+
+    run_dir = tmp_path / ("r" * 80) / ("u" * 80)
+    assert len(str(run_dir)) > 150
+    config = load_config(_etacar_variant(tmp_path, run_dir, n_obs=2))
+    paths = RunPaths(config.run_dir)
+    sim = ensure_simulated(config, paths)
+    observations = [Observation(ObsID(p.name), int(p.parent.parent.name[2:])) for p in sorted(sim.glob("AO*/P*/*"))]
+    manifest = build_manifest(observations, 4, {"source": {"kind": "test"}})
+    environ = {**os.environ, "HEADAS": str(STANDIN)}
+    records = run_task(config, manifest, 0, extractor_factory=lambda ctx: HeasoftExtractor(ctx, environ=environ))
+    assert [r.state for r in records] == ["done"] * len(observations)
+    for r in records:
+        assert (run_dir / r.output).is_file()
+        assert "bin/pcaextlc2" in paths.log(r.obsid).read_text()
+
+
+@pytest.mark.slow
+def test_rxte_hpc_run_end_to_end(tmp_path, monkeypatch):
+    cli = pytest.importorskip("rxte_hpc.cli")
+    monkeypatch.setenv("HEADAS", str(STANDIN))
+    for key in [k for k in os.environ if k.startswith("RXTE_STANDIN")]:
+        monkeypatch.delenv(key)
+    cfg = _etacar_variant(tmp_path, tmp_path / "run")
+    assert cli.main(["run", str(cfg)]) == 0
+    paths = RunPaths(tmp_path / "run")
+    assert len(list(paths.lc_dir.glob("*.lc"))) == 8
+    with fits.open(tmp_path / "run" / "merged.lc") as hdul:
+        assert hdul[1].header["EXTNAME"] == "RATE" and len(hdul[1].data) > 0
+    monkeypatch.delenv("HEADAS")
+    assert cli.main(["run", str(cfg)]) == 2
