@@ -94,9 +94,9 @@ def proposal_of(cycle: int) -> int:
 def _exposures(rng: np.random.Generator, n: int) -> np.ndarray:
     """~100x spread: some ~200 s snapshots, most 1-3 ks, a few 10-20 ks deep looks."""
     kind = rng.random(n)
-    exp = np.exp(rng.normal(np.log(1250.0), 0.3, n)).clip(800, 3000)
+    exp = np.exp(rng.normal(np.log(1100.0), 0.3, n)).clip(750, 3000)
     exp = np.where(kind < 0.08, rng.uniform(180, 500, n), exp)
-    exp = np.where(kind > 0.98, rng.uniform(8000, 16000, n), exp)
+    exp = np.where(kind > 0.985, rng.uniform(8000, 15000, n), exp)
     return np.round(exp / TIMEDEL) * TIMEDEL
 
 
