@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping, Sequence
@@ -295,7 +297,18 @@ def read_lightcurves(path: str | Path | BinaryIO) -> list[LightCurve]:
     """
     where = str(path) if not hasattr(path, "read") else getattr(path, "name", "<stream>")
     try:
-        with fits.open(path, memmap=False) as hdul:
+        # Our own file handle, so a corrupt file that fits.open rejects is still closed;
+        # astropy's warnings about a broken file become part of the DataError.
+        with ExitStack() as stack:
+            seen = stack.enter_context(warnings.catch_warnings(record=True))
+            warnings.simplefilter("always", fits.verify.VerifyWarning)
+            stream = path if hasattr(path, "read") else stack.enter_context(open(path, "rb"))
+            try:
+                hdul = stack.enter_context(fits.open(stream, memmap=False))
+            except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error) as exc:
+                told = "; ".join(str(w.message).splitlines()[0] for w in seen)
+                raise DataError(f"{where}: not a readable FITS light curve ({type(exc).__name__}: {exc}"
+                                + (f"; {told}" if told else "") + ")") from exc
             lc_hdus = [h for h in hdul[1:] if _is_lightcurve_hdu(h)]
             gti_hdus = [h for h in hdul[1:] if _is_gti_hdu(h)]
             if not lc_hdus:
