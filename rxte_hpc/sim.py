@@ -92,11 +92,16 @@ def proposal_of(cycle: int) -> int:
 
 
 def _exposures(rng: np.random.Generator, n: int) -> np.ndarray:
-    """~100x spread: some ~200 s snapshots, most 1-3 ks, a few 10-20 ks deep looks."""
+    """~100x spread: some 0.1-0.5 ks snapshots, most 1-3 ks, a few 6-9 ks deep looks.
+
+    The deep looks stay below a mean 8-ObsID task (~9 ks), as in the real
+    monitoring campaign, so exposure balancing is limited by the planner and
+    not by one ObsID longer than a whole task.
+    """
     kind = rng.random(n)
     exp = np.exp(rng.normal(np.log(1100.0), 0.3, n)).clip(750, 3000)
-    exp = np.where(kind < 0.08, rng.uniform(180, 500, n), exp)
-    exp = np.where(kind > 0.985, rng.uniform(8000, 15000, n), exp)
+    exp = np.where(kind < 0.08, rng.uniform(96, 500, n), exp)
+    exp = np.where(kind > 0.985, rng.uniform(6000, 9000, n), exp)
     return np.round(exp / TIMEDEL) * TIMEDEL
 
 
