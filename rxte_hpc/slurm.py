@@ -331,7 +331,6 @@ def _print_dry_run(scripts: Sequence[tuple[Path, str]], calls: Sequence[PlannedC
 
 
 def _submit_arrays(
-    config: Config,
     paths: RunPaths,
     calls: Sequence[PlannedCall],
     gather_script: Path,
@@ -385,7 +384,7 @@ def submit(config: Config, dry_run: bool = False, mpi: bool = False, python: str
     _check_backend_or_warn(config)
     _write_script(array_script, array_text)
     _write_script(gather_script, gather_text)
-    _submit_arrays(config, paths, calls, gather_script, "gather")
+    _submit_arrays(paths, calls, gather_script, "gather")
     print(f"watch: rxte-hpc status {shlex.quote(str(config.path))} --scheduler   logs: {paths.slurm_dir / 'logs'}")
     return 0
 
@@ -460,5 +459,5 @@ def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, p
         return 0
     _write_script(array_script, array_text)
     _write_script(gather_script, gather_text)
-    _submit_arrays(config, paths, calls, gather_script, "rerun-gather")
+    _submit_arrays(paths, calls, gather_script, "rerun-gather")
     return 0

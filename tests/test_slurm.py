@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -435,3 +434,20 @@ def test_live_signal_before_time_limit_records_interrupted(slurm_cluster, sim_ar
     cfg = load_config(cfg_path)
     assert RunSummary.collect(manifest, RunPaths(run), cfg.hash()).complete
     assert read_record(RunPaths(run), first).state == "done"
+
+
+@pytest.mark.slurm
+@pytest.mark.mpi
+def test_live_submit_mpi_one_allocation(slurm_cluster, sim_archive, tmp_path):
+    pytest.importorskip("mpi4py")
+    cfg_path = write_config(tmp_path, sim_archive, slurm={"mpi_tasks": 2})
+    assert main(["submit", str(cfg_path), "--mpi"]) == 0
+    run = tmp_path / "run"
+    (job,) = run_ids(run, ("mpi",))
+    wait_jobs([job])
+    assert job_states(job)[job] == ("COMPLETED", "0:0"), (run / "slurm" / "logs" / f"mpi_{job}.out").read_text()
+    manifest = read_manifest(RunPaths(run).manifest)
+    records = [read_record(RunPaths(run), row.obsid.text) for row in manifest.rows]
+    assert all(r is not None and r.state == "done" for r in records)
+    assert {r.rank for r in records} == {0, 1}  # srun --mpi=pmi2 gave one world of two ranks
+    assert (run / "merged.lc").is_file()
