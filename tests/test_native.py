@@ -25,6 +25,7 @@ from rxte_hpc.extract.gti import filter_gti, parse_filter
 from rxte_hpc.extract.native import NativeExtractor, screen_filter_file
 from rxte_hpc.extract.native_io import find_table, read_tables
 from rxte_hpc.extract.std2 import bins_for_channels, parse_cpix
+from rxte_hpc.lcfile import lightcurve_bytes
 from rxte_hpc.manifest import ManifestRow
 from rxte_hpc.obsid import ObsID
 from rxte_hpc.paths import RunPaths
@@ -207,6 +208,7 @@ def test_live_time_and_background_formulae(tmp_path):
     assert lc.timedel == 32.0
     assert lc.keywords["DEADAPP"][0] is True and lc.keywords["BACKAPP"][0] is True
     assert lc.ref.mjdrefi == 49353 and lc.keywords["OBJECT"] == "TINY"
+    assert lightcurve_bytes([lc])  # what the worker publishes: no card may warn (warnings are errors)
 
 
 def test_binsz_32_anchored_at_first_file_start_across_two_files(tmp_path):
@@ -360,6 +362,7 @@ def test_two_bands_in_one_pass_equal_separate_runs(archive, tmp_path):
     hard = sim_extractor(tmp_path, archive, energy_kev=[4, 9])
     for obs in archive.observations[:4]:
         pair = sim_run(both, obs)
+        assert lightcurve_bytes(pair)
         assert [c.name for c in pair] == ["soft", "hard"]
         for combined, single in zip(pair, (sim_run(soft, obs)[0], sim_run(hard, obs)[0])):
             for attr in ("time", "rate", "error", "fracexp"):

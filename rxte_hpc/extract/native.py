@@ -191,6 +191,7 @@ def read_file_rows(path: Path, user_gti: np.ndarray, sel: Selection) -> FileRows
         bands: list[dict[int, tuple[ChannelBand, int, int]]] = [{} for _ in sel.bands]
         all_names = [f"X{layer}{side}SpecPcu{pcu}" for pcu in sel.pcus for layer in sel.layers for side in "LR"]
         maps = dict(zip(all_names, _channel_maps(data, all_names)))
+        resolved: dict[tuple[int, bool], ChannelBand] = {}
         for pcu in sel.pcus:
             names = [f"X{layer}{side}SpecPcu{pcu}" for layer in sel.layers for side in "LR"]
             groups: list[tuple[np.ndarray, np.ndarray]] = []  # (channel map, spectra summed over its columns)
@@ -205,7 +206,9 @@ def read_file_rows(path: Path, user_gti: np.ndarray, sel: Selection) -> FileRows
                 else:
                     groups.append((cmap, spectra.copy()))
             for b, band in enumerate(sel.bands):
-                channels = band_for_pcu(band, pcu, start)
+                if (b, pcu == 0) not in resolved:  # a band's channels differ only for PCU0 (epoch 5)
+                    resolved[b, pcu == 0] = band_for_pcu(band, pcu, start)
+                channels = resolved[b, pcu == 0]
                 for cmap, total in groups:
                     mask = bins_for_channels(cmap, channels.chmin, channels.chmax)
                     counts[b] += total[:, mask].sum(axis=1)
@@ -265,11 +268,11 @@ def _keywords(band: BandConfig, per_pcu: Mapping[int, tuple[ChannelBand, int, in
     channels, lo, hi = per_pcu[main]
     out: dict[str, Any] = {
         "DEADAPP": (True, "dead time applied (LiveTimePcu)"),
-        "BACKAPP": (True, "background (pcabackest model) subtracted"),
-        "CHMIN": (channels.chmin, "lowest absolute PCA channel asked for"),
-        "CHMAX": (channels.chmax, "highest absolute PCA channel asked for"),
-        "MINCHAN": (lo, "lowest absolute channel of the Standard-2 bins summed"),
-        "MAXCHAN": (hi, "highest absolute channel of the Standard-2 bins summed"),
+        "BACKAPP": (True, "pcabackest model subtracted"),
+        "CHMIN": (channels.chmin, "lowest absolute channel asked for"),
+        "CHMAX": (channels.chmax, "highest absolute channel asked for"),
+        "MINCHAN": (lo, "lowest abs channel of Std2 bins summed"),
+        "MAXCHAN": (hi, "highest abs channel of Std2 bins summed"),
         "OBJECT": str(header.get("OBJECT", "")),
         "EXTRACTR": ("native", "rxte_hpc numpy pcaextlc2"),
     }
@@ -280,8 +283,8 @@ def _keywords(band: BandConfig, per_pcu: Mapping[int, tuple[ChannelBand, int, in
     if 0 in per_pcu and main != 0:
         pcu0 = per_pcu[0][0]
         if (pcu0.chmin, pcu0.chmax) != (channels.chmin, channels.chmax):
-            out["CHMIN0"] = (pcu0.chmin, "PCU0's own lowest channel (gain epoch 5)")
-            out["CHMAX0"] = (pcu0.chmax, "PCU0's own highest channel (gain epoch 5)")
+            out["CHMIN0"] = (pcu0.chmin, "PCU0 own lowest channel (gain epoch 5)")
+            out["CHMAX0"] = (pcu0.chmax, "PCU0 own highest channel (gain epoch 5)")
     return out
 
 
