@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -122,7 +123,12 @@ def test_seed_parameters_reach_every_task_exactly(archive, tmp_path):
     row = _good(archive)[0]
     ws = _workspace(tmp_path / "s")
     log = io.StringIO()
-    curves = _extractor(archive, tmp_path).extract(row, ws, log)
+    records = tmp_path / "records"
+    curves = _extractor(archive, tmp_path, env={"RXTE_STANDIN_RECORD": str(records)}).extract(row, ws, log)
+    ran = sorted(json.loads(p.read_text())["task"] for p in records.glob("*.json"))
+    assert ran == ["maketime", "pcaextlc2", "pcaprepobsid"]
+    assert all(json.loads(p.read_text())["cwd"] == str(ws.work) for p in records.glob("*.json"))
+    assert all(json.loads(p.read_text())["pfiles"].startswith(f"{ws.pfiles};") for p in records.glob("*.json"))
 
     prep = _params(ws.pfiles, "pcaprepobsid")
     assert prep["indir"] == str(archive.root / str(row.obsid.archive_dir(row.cycle)))
@@ -316,6 +322,9 @@ def test_check_available_names_what_is_missing(archive, tmp_path):
 def test_keep_prepared_copies_once_then_reuses(archive, tmp_path):
     row = _good(archive)[3]
     extractor = _extractor(archive, tmp_path, {"keep_prepared": True})
+    unfinished = tmp_path / "run" / "prepared" / row.obsid.text
+    unfinished.mkdir(parents=True)
+    (unfinished / "FP_dtstd2.lis").write_text("")  # left by an interrupted run: no done file, never used
     first = extractor.extract(row, _workspace(tmp_path / "a"), io.StringIO())[0]
     kept = tmp_path / "run" / "prepared" / row.obsid.text
     assert (kept / "pcaprepobsid_done.txt").is_file()
@@ -443,3 +452,43 @@ def test_rxte_hpc_run_end_to_end(tmp_path, monkeypatch):
         assert hdul[1].header["EXTNAME"] == "RATE" and len(hdul[1].data) > 0
     monkeypatch.delenv("HEADAS")
     assert cli.main(["run", str(cfg)]) == 2
+
+
+# ---------------------------------------------------------------------------- other backends, time limits
+
+
+def test_standin_and_native_extractor_agree(archive, tmp_path):
+    """Two independent implementations of pcaextlc2's arithmetic on the same prepared products."""
+    from rxte_hpc.extract.native import NativeExtractor
+
+    row = _good(archive)[4]
+    heasoft = _extractor(archive, tmp_path).extract(row, _workspace(tmp_path / "h"), io.StringIO())[0]
+    native_ex = _extractor(archive, tmp_path, {"backend": "native", "prepared": str(archive.root / "prepared")})
+    native = NativeExtractor(native_ex.context).extract(row, _workspace(tmp_path / "n"), io.StringIO())[0]
+    np.testing.assert_allclose(heasoft.time, native.time, rtol=0, atol=1e-6)
+    for name in ("rate", "error", "fracexp"):
+        np.testing.assert_allclose(getattr(heasoft, name), getattr(native, name), rtol=2e-6, equal_nan=True)
+    np.testing.assert_allclose(heasoft.columns["BACKV"], native.columns["BACKV"], rtol=2e-6, equal_nan=True)
+
+
+def test_run_pcaprepobsid_helper_publishes_products_for_native(archive, tmp_path, monkeypatch):
+    from rxte_hpc.extract.heasoft import run_pcaprepobsid
+
+    monkeypatch.setenv("HEADAS", str(STANDIN))
+    row = _good(archive)[6]
+    extractor = _extractor(archive, tmp_path)
+    target = tmp_path / "prepared" / row.obsid.text
+    run_pcaprepobsid(extractor.context, row, target, _workspace(tmp_path / "s"), io.StringIO())
+    assert (target / "pcaprepobsid_done.txt").is_file() and len(list(target.glob("FP_*.xfl"))) == 1
+    assert all(Path(e).parent == target for e in (target / "FP_dtbkg2.lis").read_text().split())
+
+
+def test_a_hung_task_is_killed_and_is_a_site_error(tmp_path):
+    from rxte_hpc.errors import SiteError
+    from rxte_hpc.extract.heasoft import run_tool
+
+    ws = _workspace(tmp_path / "s")
+    env = _standin_env(ws.pfiles, RXTE_STANDIN_SLEEP="30")
+    log = io.StringIO()
+    with pytest.raises(SiteError, match="maketime did not finish within 1 s"):
+        run_tool("maketime", [("infile", "x")], headas=STANDIN, env=env, cwd=ws.work, tool_log=log, timeout=1.0)

@@ -111,6 +111,7 @@ def run_tool(
     tool_log.write(f"$ {' '.join(argv)}\n")
     tool_log.flush()
     limit = TIMEOUTS_S.get(task, 1800.0) if timeout is None else timeout
+    log.debug("running %s in %s (PFILES=%s)", task, cwd, env.get("PFILES"))
     try:
         proc = subprocess.Popen(
             argv,
@@ -249,21 +250,27 @@ class HeasoftExtractor(Extractor):
 
     def _prepare(self, row: ManifestRow, run: "_Runner") -> Path:
         """`<work>/prep` with pcaprepobsid's products: kept ones when present, else a fresh run."""
-        config = self.context.config
         prep = run.cwd / PREP_DIR
         kept = self._kept_dir(row)
         if kept is not None and (kept / DONE_FILE).is_file():
             run.log.write(f"# using prepared products in {kept} (pcaprepobsid skipped)\n")
             _copy_prepared(kept, prep, relative_to=PREP_DIR)
             return prep
+        self._run_pcaprepobsid(row, run)
+        if kept is not None:
+            _keep(prep, kept, run.log)
+        return prep
+
+    def _run_pcaprepobsid(self, row: ManifestRow, run: "_Runner") -> Path:
+        """A fresh pcaprepobsid into `<work>/prep` (relative outdir: list entries stay short)."""
+        config = self.context.config
+        prep = run.cwd / PREP_DIR
         if not any(name.startswith("FS4a_") for name in self.context.archive.listdir(row, "pca")):
             raise NoDataError(f"{row.obsid}: no Standard-2 data (pca/FS4a_*) in the archive")
         params: list[tuple[str, object]] = [("indir", self.context.archive.obsid_dir(row)), ("outdir", PREP_DIR)]
         if config.target.ra is not None and config.target.dec is not None:
             params += [("ra", repr(float(config.target.ra))), ("dec", repr(float(config.target.dec)))]
         run("pcaprepobsid", params, expect=[prep / DONE_FILE])
-        if kept is not None:
-            self._keep(prep, kept, run.log)
         return prep
 
     def _kept_dir(self, row: ManifestRow) -> Path | None:
@@ -277,25 +284,6 @@ class HeasoftExtractor(Extractor):
         if not ex.keep_prepared:
             return None
         return (ex.prepared or self.context.paths.prepared_dir) / row.obsid.text
-
-    @staticmethod
-    def _keep(prep: Path, kept: Path, tool_log: TextIO) -> None:
-        """Copy fresh products to `kept` atomically: temp dir beside it, then one rename."""
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp.{socket.gethostname()}.", dir=kept.parent))
-        try:
-            _copy_prepared(prep, tmp, relative_to=None, final=kept)
-            try:
-                os.rename(tmp, kept)
-            except OSError:
-                if not (kept / DONE_FILE).is_file():
-                    raise
-                tool_log.write(f"# {kept} was kept by another worker meanwhile; ours discarded\n")
-                return
-            tool_log.write(f"# kept prepared products in {kept}\n")
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def _list(path: Path, cwd: Path) -> list[Path]:
@@ -360,6 +348,52 @@ class _Runner:
         if missing:
             raise DataError(f"{task} reported success but did not write {', '.join(missing)}")
         return result
+
+
+def _keep(prep: Path, kept: Path, tool_log: TextIO) -> None:
+    """Copy fresh products to `kept` atomically: a temp dir beside it, then one rename.
+
+    Another worker may have kept the same ObsID meanwhile (its rename won):
+    then ours is discarded, since both came from the same inputs.
+    """
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kept.name}.tmp.{socket.gethostname()}.", dir=kept.parent))
+    try:
+        _copy_prepared(prep, tmp, relative_to=None, final=kept)
+        try:
+            os.rename(tmp, kept)
+        except OSError:
+            if (kept / DONE_FILE).is_file():
+                tool_log.write(f"# {kept} was kept by another worker meanwhile; ours discarded\n")
+                return
+            # an unfinished directory (no done file) is never used: set it aside, publish ours
+            stale = kept.with_name(f".{kept.name}.stale.{socket.gethostname()}.{os.getpid()}")
+            os.rename(kept, stale)
+            os.rename(tmp, kept)
+            shutil.rmtree(stale, ignore_errors=True)
+        tool_log.write(f"# kept prepared products in {kept}\n")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_pcaprepobsid(
+    context: ExtractContext, row: ManifestRow, directory: Path, workspace: Workspace, tool_log: TextIO
+) -> Path:
+    """Prepare one ObsID into `directory` for the native backend, exactly as this backend runs it.
+
+    pcaprepobsid runs in the workspace (private PFILES, short cwd) and the
+    products are then published to `directory` atomically, list entries made
+    absolute. HEADAS comes from this process's environment.
+    """
+    extractor = HeasoftExtractor(context)
+    headas = extractor.headas()
+    work = workspace.work
+    work.mkdir(parents=True, exist_ok=True)
+    run = _Runner(headas, heasoft_env(workspace, headas), work, tool_log)
+    prep = extractor._run_pcaprepobsid(row, run)
+    _keep(prep, Path(directory), tool_log)
+    return Path(directory)
 
 
 def _first_start(std2: Path) -> float:
