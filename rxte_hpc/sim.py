@@ -25,12 +25,13 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .errors import NoDataError
+from .fitswriter import Col, primary_bytes, table_bytes
 from .lcfile import RXTE_TIMEREF, LightCurve, lightcurve_hdulist, time_cards
 from .obsid import ObsID
 from .simprep import (
     ALL_RATES, ANODES, CPIX, L7_RATE_PER_BKG, L7_RATES, N_PCU, N_STD2, PROPANE_LOSS_MET,
-    RATE_MEANS, TIMEDEL, TIMEZERO, Col, abs_channel_mask, background_rate_2_9, bad_rows, epoch_of, expected_background_rate,
-    expected_live_time, expected_source_rate, expected_spectra, prepare_obsid, primary_bytes, table_bytes,
+    RATE_MEANS, TIMEDEL, TIMEZERO, abs_channel_mask, background_rate_2_9, bad_rows, epoch_of, expected_background_rate,
+    expected_live_time, expected_source_rate, expected_spectra, prepare_obsid,
 )
 
 __all__ = [

@@ -12,7 +12,6 @@ import gzip
 import logging
 import os
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import DataError, NoDataError
+from .fitswriter import Col, columns_of, copied_cards, primary_bytes, table_bytes
 from .lcfile import RXTE_MJDREFF, RXTE_MJDREFI, SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
@@ -190,113 +190,6 @@ def expected_spectra(time_met: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # each layer's counts split evenly between its left and right anode chains
     return np.repeat(src, 2, axis=1) / 2.0, np.repeat(bkg, 2, axis=1) / 2.0
 
-
-
-# ---------------------------------------------------------------- a small FITS writer
-# astropy builds headers of tables with ~200 columns in ~0.2 s (quadratic card
-# inserts); an archive of 1,370 ObsIDs needs it ~50x faster, so tables are
-# written here directly (standard FITS, read back by astropy and CFITSIO alike).
-Card = tuple  # (keyword, value, comment)
-_DTYPES = {"D": ">f8", "E": ">f4", "I": ">i2", "J": ">i4", "K": ">i8", "B": "u1", "L": "S1"}
-_STRUCTURAL = ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "TTYPE", "TFORM", "TUNIT", "TNULL",
-               "EXTNAME", "SIMPLE", "EXTEND", "END", "CHECKSUM", "DATASUM", "TDIM", "TSCAL", "TZERO")
-
-
-@dataclass(frozen=True)
-class Col:
-    """One binary-table column: `tform` like 'D', '129I', '15A'."""
-
-    name: str
-    tform: str
-    array: np.ndarray
-    unit: str | None = None
-    tnull: int | None = None
-
-
-def _format_value(value) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return ("T" if value else "F").rjust(20)
-    if isinstance(value, (int, np.integer)):
-        return str(int(value)).rjust(20)
-    if isinstance(value, (float, np.floating)):
-        text = repr(float(value)).upper()
-        mantissa, _, exponent = text.partition("E")
-        if "." not in mantissa:
-            mantissa += ".0"
-        return (mantissa + ("E" + exponent if exponent else "")).rjust(20)
-    text = str(value).replace("'", "''")
-    return f"'{text:<8}'".ljust(20)
-
-
-def _card_text(key: str, value, comment: str = "") -> str:
-    if key in ("COMMENT", "HISTORY"):
-        text = f"{key:<8}{value}"
-    else:
-        text = f"{key:<8}= {_format_value(value)}"
-        if comment and len(text) < 77:
-            text += f" / {comment}"
-    if len(text) > 80:
-        raise ValueError(f"FITS card too long: {text!r}")
-    return text.ljust(80)
-
-
-def _header_block(cards: list[str]) -> bytes:
-    text = "".join(cards) + "END".ljust(80)
-    text += " " * (-len(text) % 2880)
-    return text.encode("ascii")
-
-
-def primary_bytes(cards: list[Card]) -> bytes:
-    """A data-less primary HDU with `cards`."""
-    fixed = [_card_text("SIMPLE", True, "file does conform to FITS standard"), _card_text("BITPIX", 8),
-             _card_text("NAXIS", 0), _card_text("EXTEND", True)]
-    return _header_block(fixed + [_card_text(*c) for c in cards])
-
-
-def table_bytes(extname: str, columns: list[Col], cards: list[Card]) -> bytes:
-    """A binary-table extension: structural cards, `cards`, then big-endian rows."""
-    n = len(columns[0].array) if columns else 0
-    fields = []
-    for col in columns:
-        repeat, code = (int(col.tform[:-1]) if col.tform[:-1] else 1), col.tform[-1]
-        base = f"S{repeat}" if code == "A" else _DTYPES[code]
-        fields.append((col.name, base, (repeat,)) if repeat > 1 and code != "A" else (col.name, base))
-    rows = np.zeros(n, dtype=np.dtype(fields))
-    for col in columns:
-        values = np.asarray(col.array)
-        if col.tform[-1] == "L":
-            values = np.where(values.astype(bool), b"T", b"F")
-        elif col.tform[-1] == "A":
-            values = np.char.encode(values.astype(str), "ascii") if values.dtype.kind == "U" else values
-        rows[col.name] = values
-    head = [_card_text("XTENSION", "BINTABLE", "binary table extension"), _card_text("BITPIX", 8),
-            _card_text("NAXIS", 2), _card_text("NAXIS1", rows.dtype.itemsize, "width of table in bytes"),
-            _card_text("NAXIS2", n, "number of rows in table"), _card_text("PCOUNT", 0), _card_text("GCOUNT", 1),
-            _card_text("TFIELDS", len(columns))]
-    for i, col in enumerate(columns, start=1):
-        head += [_card_text(f"TTYPE{i}", col.name), _card_text(f"TFORM{i}", col.tform)]
-        if col.unit:
-            head.append(_card_text(f"TUNIT{i}", col.unit))
-        if col.tnull is not None:
-            head.append(_card_text(f"TNULL{i}", int(col.tnull)))
-    head.append(_card_text("EXTNAME", extname, "name of this binary table extension"))
-    data = rows.tobytes()
-    return _header_block(head + [_card_text(*c) for c in cards]) + data + b"\0" * (-len(data) % 2880)
-
-
-def copied_cards(header: fits.Header) -> list[Card]:
-    """The non-structural cards of an astropy header, to carry into a rewritten file."""
-    out = []
-    for card in header.cards:
-        if card.keyword.startswith(_STRUCTURAL) and not card.keyword.startswith("TDDES"):
-            continue
-        out.append((card.keyword, card.value, card.comment))
-    return out
-
-
-def columns_of(hdu: fits.BinTableHDU) -> list[Col]:
-    """An astropy table's columns as `Col`s (values, formats, units, TNULLs kept)."""
-    return [Col(c.name, str(c.format), np.asarray(hdu.data[c.name]), c.unit, c.null) for c in hdu.columns]
 
 
 # ---------------------------------------------------------------- pcadeadcalc2
