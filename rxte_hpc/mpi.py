@@ -71,7 +71,7 @@ class Timing:
 
     heartbeat_s: float = 5.0
     dead_after_s: float = 120.0
-    poll_max_s: float = 0.02
+    poll_max_s: float = 0.005  # longest pause between probes: bounds the latency of handing out an ObsID
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Timing":
