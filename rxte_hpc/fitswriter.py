@@ -31,30 +31,45 @@ class Col:
     tnull: int | None = None
 
 
+class CardError(ValueError):
+    """A keyword or value that does not fit one plain 80-character card."""
+
+
+_KEYWORD_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
 def _format_value(value) -> str:
     if isinstance(value, (bool, np.bool_)):
         return ("T" if value else "F").rjust(20)
     if isinstance(value, (int, np.integer)):
         return str(int(value)).rjust(20)
     if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            raise CardError(f"not a finite FITS number: {value!r}")
         text = repr(float(value)).upper()
         mantissa, _, exponent = text.partition("E")
         if "." not in mantissa:
             mantissa += ".0"
         return (mantissa + ("E" + exponent if exponent else "")).rjust(20)
-    text = str(value).replace("'", "''")
+    if not isinstance(value, str) or not value.isascii() or not value.isprintable():
+        raise CardError(f"not a plain FITS value: {value!r}")
+    text = value.replace("'", "''")
     return f"'{text:<8}'".ljust(20)
 
 
 def _card_text(key: str, value, comment: str = "") -> str:
+    if len(key) > 8 or not set(key) <= _KEYWORD_OK:
+        raise CardError(f"not a plain FITS keyword: {key!r}")
     if key in ("COMMENT", "HISTORY"):
         text = f"{key:<8}{value}"
     else:
         text = f"{key:<8}= {_format_value(value)}"
         if comment and len(text) < 77:
-            text += f" / {comment}"
+            if not comment.isascii() or not comment.isprintable():
+                raise CardError(f"not a plain FITS comment: {comment!r}")
+            text += f" / {comment}"[: 80 - len(text)]  # a comment is trimmed, never a value
     if len(text) > 80:
-        raise ValueError(f"FITS card too long: {text!r}")
+        raise CardError(f"FITS card too long: {text!r}")
     return text.ljust(80)
 
 

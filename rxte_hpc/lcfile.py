@@ -24,6 +24,7 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import DataError
+from .fitswriter import CardError, Col, primary_bytes, table_bytes
 
 #: RXTE's reference epoch: 1994-01-01T00:00:00 UTC expressed in TT (RXTE-PCA.md Q4).
 RXTE_MJDREFI = 49353
@@ -333,64 +334,94 @@ def read_lightcurve(path: str | Path | BinaryIO, name: str | None = None) -> Lig
     raise DataError(f"{path}: no light-curve extension named {name!r}")
 
 
-def _column(name: str, values: np.ndarray, unit: str | None = None) -> fits.Column:
+_UNITS = {"TIME": "s", "RATE": "count/s", "ERROR": "count/s", "BACKV": "count/s", "BACKE": "count/s", "LiveTime": "s"}
+
+Card = tuple  # (keyword, value, comment)
+
+
+def _as_column(name: str, values: np.ndarray) -> Col:
+    """A table column with the narrowest faithful FITS type (strings nA, ints K, float32 E, else D)."""
     values = np.asarray(values)
+    unit = _UNITS.get(name)
     if values.dtype.kind in "US":
         # str(v) of a bytes value is "b'...'", three characters too wide; count in numpy instead
         width = max(1, int(np.char.str_len(values).max())) if len(values) else 1
-        return fits.Column(name=name, format=f"{width}A", array=values.astype(f"S{width}"))
+        return Col(name, f"{width}A", values.astype(f"S{width}"))
+    if values.dtype.kind == "b":
+        return Col(name, "L", values)
     if values.dtype.kind in "iu":
-        return fits.Column(name=name, format="K", array=values.astype(np.int64), unit=unit)
+        return Col(name, "K", values.astype(np.int64), unit)
     if values.dtype == np.float32:
-        return fits.Column(name=name, format="E", array=values, unit=unit)
-    return fits.Column(name=name, format="D", array=values.astype(np.float64), unit=unit)
+        return Col(name, "E", values, unit)
+    return Col(name, "D", values.astype(np.float64), unit)
 
 
-_UNITS = {"BACKV": "count/s", "BACKE": "count/s", "LiveTime": "s"}
+def _card(key: str, value: Any) -> Card:
+    """A keyword given as value or (value, comment)."""
+    if isinstance(value, tuple):
+        return (key, value[0], value[1] if len(value) > 1 else "")
+    return (key, value, "")
+
+
+def _lightcurve_parts(lc: LightCurve) -> tuple[list[Col], list[Card]]:
+    """The RATE extension's columns and cards, with split time keywords as saextrct writes them."""
+    cols = [_as_column(n, v) for n, v in (("TIME", lc.time), ("RATE", lc.rate), ("ERROR", lc.error),
+                                           ("FRACEXP", lc.fracexp))]
+    cols[0] = Col("TIME", "D", np.asarray(lc.time, dtype=np.float64), "s")
+    cols += [_as_column(name, values) for name, values in lc.columns.items()]
+    cards = [_card(k, v) for k, v in lc.keywords.items() if k.upper() not in _TIME_KEYWORDS and not _structural(k.upper())]
+    cards = [c for c in cards if c[0] not in ("HDUCLASS", "HDUCLAS1", "HDUCLAS3", "HDUVERS1")]
+    if not any(c[0] == "HDUCLAS2" for c in cards):
+        cards.append(("HDUCLAS2", "NET" if lc.keywords.get("BACKAPP", "BACKV" in lc.columns) else "TOTAL", ""))
+    cards += [
+        ("HDUCLASS", "OGIP", "format conforms to OGIP standard"),
+        ("HDUCLAS1", "LIGHTCURVE", "extension contains a light curve"),
+        ("HDUCLAS3", "RATE", "extension contains rates"),
+        ("HDUVERS1", "1.1.0", ""),
+    ]
+    cards += time_cards(lc.ref, tstart=lc.tstart, tstop=lc.tstop, timedel=lc.timedel, split=True)
+    return cols, cards
+
+
+def _gti_parts(gti: np.ndarray, ref: TimeRef) -> tuple[list[Col], list[Card]]:
+    gti = np.asarray(gti, dtype=np.float64).reshape(-1, 2)
+    cols = [Col("START", "D", gti[:, 0], "s"), Col("STOP", "D", gti[:, 1], "s")]
+    tstart = float(gti[:, 0].min()) if len(gti) else 0.0
+    tstop = float(gti[:, 1].max()) if len(gti) else 0.0
+    cards = [("HDUCLASS", "OGIP", ""), ("HDUCLAS1", "GTI", ""), ("HDUCLAS2", "STANDARD", "")]
+    cards += time_cards(ref, tstart=tstart, tstop=tstop, split=True, timepixr=None)
+    return cols, cards
+
+
+def _primary_cards(first: LightCurve, primary_keywords: Mapping[str, Any] | None) -> list[Card]:
+    cards: list[Card] = [("CONTENT", "LIGHT CURVE", "light curve file"), ("TELESCOP", "XTE", ""), ("INSTRUME", "PCA", "")]
+    cards += [c for c in time_cards(first.ref, tstart=first.tstart, tstop=first.tstop, split=False, timepixr=None)
+              if c[0] != "TIMEZERO"]
+    cards.append(("TIMVERSN", "OGIP/93-003", ""))
+    cards += [_card(k, v) for k, v in (primary_keywords or {}).items()]
+    return cards
+
+
+def _first_gti(first: LightCurve) -> np.ndarray:
+    return first.gti if first.gti is not None else bins_as_gti(first.time, first.timedel)
+
+
+def _astropy_hdu(name: str, cols: list[Col], cards: list[Card]) -> fits.BinTableHDU:
+    hdu = fits.BinTableHDU.from_columns(
+        [fits.Column(name=c.name, format=c.tform, array=c.array, unit=c.unit) for c in cols], name=name)
+    for key, value, comment in cards:
+        hdu.header[key] = (value, comment)
+    return hdu
 
 
 def lightcurve_hdu(lc: LightCurve) -> fits.BinTableHDU:
-    """The OGIP RATE extension for `lc`, with split time keywords as saextrct writes them."""
-    cols = [
-        fits.Column(name="TIME", format="D", array=np.asarray(lc.time, dtype=np.float64), unit="s"),
-        fits.Column(name="RATE", format="D", array=np.asarray(lc.rate, dtype=np.float64), unit="count/s"),
-        fits.Column(name="ERROR", format="D", array=np.asarray(lc.error, dtype=np.float64), unit="count/s"),
-        fits.Column(name="FRACEXP", format="D", array=np.asarray(lc.fracexp, dtype=np.float64)),
-    ]
-    cols += [_column(name, values, _UNITS.get(name)) for name, values in lc.columns.items()]
-    hdu = fits.BinTableHDU.from_columns(cols, name=lc.name)
-    hdr = hdu.header
-    for key, value in lc.keywords.items():
-        if key.upper() not in _TIME_KEYWORDS and not _structural(key.upper()):
-            hdr[key] = value
-    hdr["HDUCLASS"] = ("OGIP", "format conforms to OGIP standard")
-    hdr["HDUCLAS1"] = ("LIGHTCURVE", "extension contains a light curve")
-    hdr.setdefault("HDUCLAS2", "NET" if lc.keywords.get("BACKAPP", "BACKV" in lc.columns) else "TOTAL")
-    hdr["HDUCLAS3"] = ("RATE", "extension contains rates")
-    hdr["HDUVERS1"] = "1.1.0"
-    for key, value, comment in time_cards(lc.ref, tstart=lc.tstart, tstop=lc.tstop, timedel=lc.timedel, split=True):
-        hdr[key] = (value, comment)
-    return hdu
+    """The OGIP RATE extension for `lc` as an astropy HDU."""
+    return _astropy_hdu(lc.name, *_lightcurve_parts(lc))
 
 
 def gti_hdu(gti: np.ndarray, ref: TimeRef, name: str = "GTI") -> fits.BinTableHDU:
     """An OGIP GTI extension (START/STOP absolute seconds since `ref`, TIMEZERO 0)."""
-    gti = np.asarray(gti, dtype=np.float64).reshape(-1, 2)
-    hdu = fits.BinTableHDU.from_columns(
-        [
-            fits.Column(name="START", format="D", array=gti[:, 0], unit="s"),
-            fits.Column(name="STOP", format="D", array=gti[:, 1], unit="s"),
-        ],
-        name=name,
-    )
-    hdu.header["HDUCLASS"] = "OGIP"
-    hdu.header["HDUCLAS1"] = "GTI"
-    hdu.header["HDUCLAS2"] = "STANDARD"
-    tstart = float(gti[:, 0].min()) if len(gti) else 0.0
-    tstop = float(gti[:, 1].max()) if len(gti) else 0.0
-    for key, value, comment in time_cards(ref, tstart=tstart, tstop=tstop, split=True, timepixr=None):
-        hdu.header[key] = (value, comment)
-    return hdu
+    return _astropy_hdu(name, *_gti_parts(gti, ref))
 
 
 def lightcurve_hdulist(
@@ -402,31 +433,34 @@ def lightcurve_hdulist(
     if not curves:
         raise ValueError("no light curve to write")
     primary = fits.PrimaryHDU()
-    hdr = primary.header
-    hdr["CONTENT"] = ("LIGHT CURVE", "light curve file")
-    hdr["TELESCOP"] = "XTE"
-    hdr["INSTRUME"] = "PCA"
-    first = curves[0]
-    for key, value, comment in time_cards(first.ref, tstart=first.tstart, tstop=first.tstop, split=False, timepixr=None):
-        if key != "TIMEZERO":
-            hdr[key] = (value, comment)
-    hdr["TIMVERSN"] = "OGIP/93-003"
-    for key, value in (primary_keywords or {}).items():
-        hdr[key] = value
+    for key, value, comment in _primary_cards(curves[0], primary_keywords):
+        primary.header[key] = (value, comment)
     hdus: list[fits.hdu.base._BaseHDU] = [primary, *(lightcurve_hdu(lc) for lc in curves)]
-    gti = first.gti if first.gti is not None else bins_as_gti(first.time, first.timedel)
-    hdus.append(gti_hdu(gti, first.ref))
+    hdus.append(gti_hdu(_first_gti(curves[0]), curves[0].ref))
     hdus.extend(extra_hdus)
     return fits.HDUList(hdus)
 
 
 def lightcurve_bytes(curves: Sequence[LightCurve], primary_keywords: Mapping[str, Any] | None = None) -> bytes:
-    """The whole file in memory, so a caller can publish it atomically."""
-    buffer = io.BytesIO()
-    # Every card is written by this module from checked values; astropy's output
-    # verification would re-parse each of them and doubles the cost per ObsID.
-    lightcurve_hdulist(curves, primary_keywords).writeto(buffer, output_verify="ignore")
-    return buffer.getvalue()
+    """The whole file in memory, so a caller can publish it atomically.
+
+    Serialised by `fitswriter` (astropy costs ~5 ms per extension, the bulk of
+    the worker's own cost per ObsID); keywords that do not fit one plain card
+    (long strings, HIERARCH names) fall back to astropy, which writes them
+    with CONTINUE cards.
+    """
+    if not curves:
+        raise ValueError("no light curve to write")
+    try:
+        parts = [primary_bytes(_primary_cards(curves[0], primary_keywords))]
+        # EXTNAMEs upper-cased as astropy writes them, so both routes give the same file
+        parts += [table_bytes(lc.name.upper(), *_lightcurve_parts(lc)) for lc in curves]
+        parts.append(table_bytes("GTI", *_gti_parts(_first_gti(curves[0]), curves[0].ref)))
+        return b"".join(parts)
+    except CardError:
+        buffer = io.BytesIO()
+        lightcurve_hdulist(curves, primary_keywords).writeto(buffer)
+        return buffer.getvalue()
 
 
 def bins_as_gti(time: np.ndarray, timedel: float) -> np.ndarray:
