@@ -130,7 +130,7 @@ def read_manifest(path: Path) -> Manifest:
                     obsid=ObsID.parse(str(rec["obsid"])),
                     cycle=check_cycle(int(rec["cycle"])),
                     prnb=int(rec["prnb"]),
-                    target_name=str(rec["target_name"]),
+                    target_name=_text(rec["target_name"]),
                     time_mjd=float(rec["time_mjd"]),
                     exposure_s=float(rec["exposure_s"]),
                     ra=float(rec["ra"]),
@@ -141,6 +141,11 @@ def read_manifest(path: Path) -> Manifest:
         except (ValueError, DataError) as exc:
             raise DataError(f"{path}: row {i + 1}: {exc}") from exc
     return Manifest(tuple(rows), dict(t.meta))
+
+
+def _text(value: object) -> str:
+    """A string cell; ECSV reads an empty string back as masked, which str() would make '--'."""
+    return "" if np.ma.is_masked(value) else str(value)
 
 
 def _weight(exposure: float) -> float:

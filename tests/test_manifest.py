@@ -91,3 +91,14 @@ def test_missing_and_broken_manifests(tmp_path):
     path.write_text(path.read_text().replace("10019-01-00-01", "10019-1-00-01"))
     with pytest.raises(DataError, match="row 2"):
         read_manifest(path)
+
+
+def test_manifest_with_empty_target_name_round_trips(tmp_path):
+    from rxte_hpc.manifest import Observation, build_manifest, read_manifest
+    from rxte_hpc.obsid import ObsID
+
+    manifest = build_manifest([Observation(ObsID("90171-01-01-00"), 9)], 8, {"source": {"kind": "test"}})
+    manifest.write(tmp_path / "m.ecsv")
+    back = read_manifest(tmp_path / "m.ecsv")
+    assert back.rows[0].target_name == ""
+    assert back.digest() == manifest.digest()
