@@ -1,7 +1,7 @@
 """Atomic publication of files: a reader never sees half a file.
 
 Write to a hidden temporary name in the destination directory, flush, fsync,
-rename over the target, fsync the directory. Two writers racing for one target
+rename over the target. Two writers racing for one target
 each publish a complete file; the last rename wins (submitit's
 `temporary_save_path` habit). A full disk or a killed writer leaves at most a
 hidden `.tmp` file, never a truncated target.
@@ -32,9 +32,11 @@ def is_temp(path: Path) -> bool:
 def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to `target`.
 
-    `durable` also fsyncs the file before and the directory after the rename,
-    so a node crash cannot leave an empty file under the final name. Only
-    advisory files (a `running` record) skip it.
+    `durable` fsyncs the file before the rename, so a node crash cannot leave
+    an empty file under the final name. Only advisory files (a `running`
+    record) skip it. The directory is not fsynced: a rename lost in a crash
+    only means the ObsID is extracted again, and that fsync doubled the cost
+    per ObsID.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(target)
@@ -47,8 +49,6 @@ def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
             finally:
                 os.close(fd)
         os.replace(tmp, target)
-        if durable:
-            _fsync_dir(target.parent)
     except OSError as exc:
         _discard(tmp)
         raise _site_error(exc, target) from exc
@@ -70,19 +70,6 @@ def _discard(tmp: Path) -> None:
         tmp.unlink()
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def _site_error(exc: OSError, target: Path) -> SiteError:
