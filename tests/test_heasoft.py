@@ -228,7 +228,7 @@ def test_one_shared_pfiles_directory_swaps_filter_files(archive, tmp_path):
 def test_private_pfiles_keep_concurrent_obsids_apart(archive, tmp_path):
     results = _run_concurrently(archive, tmp_path, shared_pfiles=False)
     wrong = {obsid: res for obsid, (row, ws, res) in results.items() if not _is_right(archive, row, ws, res)}
-    assert not wrong
+    assert not wrong, {obsid: str(res)[:300] for obsid, res in wrong.items()}
     firsts = {float(res.time[0]) for _, _, res in results.values()}
     assert len(firsts) == 8
 
@@ -314,6 +314,10 @@ def test_check_available_names_what_is_missing(archive, tmp_path):
     with pytest.raises(UsageError, match=r"\$HEADAS/bin/maketime") as err:
         extractor.check_available()
     assert "pcaextlc2" not in str(err.value)
+    with pytest.raises(UsageError, match="pculist"):
+        _extractor(archive, tmp_path, {"pculist": "0,7"}).check_available()
+    with pytest.raises(UsageError, match="bad filter expression"):
+        _extractor(archive, tmp_path, {"filter": "ELV > "}).check_available()
 
 
 # ---------------------------------------------------------------------------- keep_prepared

@@ -204,7 +204,15 @@ class HeasoftExtractor(Extractor):
         return headas
 
     def check_available(self) -> None:
+        """HEASoft present, and the settings the tasks would reject valid, before any task starts."""
+        from .gti import parse_filter
+        from .std2 import parse_layerlist, parse_pculist
+
         self.headas()
+        ex = self.context.config.extract
+        parse_pculist(ex.pculist)
+        parse_layerlist(ex.layerlist)
+        parse_filter(ex.filter)
 
     # -- extraction ---------------------------------------------------------------
     def extract(self, row: ManifestRow, workspace: Workspace, tool_log: TextIO) -> list[LightCurve]:
