@@ -110,13 +110,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (callers of main() may replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        """StreamHandler assigns a stream in __init__; the current sys.stderr always wins."""
+
+
 def _setup_logging(verbose: bool) -> None:
     root = logging.getLogger("rxte_hpc")
-    if not any(getattr(h, "_rxte_hpc", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        handler._rxte_hpc = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        root.addHandler(_StderrHandler())
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

@@ -42,11 +42,11 @@ def default_workers() -> int:
 class Progress:
     """A one-line bar on a terminal; a plain line per step elsewhere (batch logs)."""
 
-    def __init__(self, total_tasks: int, total_obsids: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total_tasks: int, total_obsids: int, stream: TextIO | None = None) -> None:
         self.total_tasks = total_tasks
         self.total_obsids = total_obsids
-        self.stream = stream
-        self.tty = stream.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
         self.tasks = 0
         self.obsids = 0
         self.failed = 0
