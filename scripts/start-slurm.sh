@@ -3,9 +3,11 @@
 # on Debian 12 (Slurm 22.05), as root, with no systemd. Used by .ci/run (through
 # scripts/test-all.sh) and by the slurm-marked tests. Idempotent:
 #   * installs the Debian packages only if something is missing,
-#   * (re)writes /etc/slurm/slurm.conf; when only MaxArraySize changed it asks the
-#     running controller to re-read it (`scontrol reconfigure`: running jobs are
-#     untouched), otherwise it restarts the daemons,
+#   * (re)writes /etc/slurm/slurm.conf; when only MaxArraySize changed it restarts
+#     slurmctld alone (it reloads its saved state; slurmd keeps running the jobs):
+#     `scontrol reconfigure` updates what `scontrol show config` reports but, in
+#     22.05, not always the limit the controller enforces; otherwise it restarts
+#     both daemons,
 #   * starts each daemon only if it is not already running,
 #   * waits until the node is usable, resuming it if a previous run left it
 #     DOWN/DRAINED.
@@ -145,7 +147,6 @@ NodeName=${HOST} NodeAddr=127.0.0.1 ${NODE_HW} RealMemory=${MEM} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 
-reconfigure=0
 if ! cmp -s "$NEWCONF" "$CONF"; then
   only_array=0
   if [ -f "$CONF" ] && cmp -s <(grep -v '^MaxArraySize=' "$NEWCONF") <(grep -v '^MaxArraySize=' "$CONF"); then
@@ -154,7 +155,9 @@ if ! cmp -s "$NEWCONF" "$CONF"; then
   log "writing $CONF (MaxArraySize=$MAX_ARRAY)"
   install -D -m 0644 "$NEWCONF" "$CONF"
   if running "$CTLD_PID" && [ "$only_array" = 1 ]; then
-    reconfigure=1
+    log "only MaxArraySize changed: restarting slurmctld"
+    kill "$(cat "$CTLD_PID")"
+    for _ in $(seq 1 100); do running "$CTLD_PID" || break; sleep 0.1; done
   elif running "$CTLD_PID" || running "$SLURMD_PID"; then
     log "config changed: restarting slurmctld/slurmd"
     for p in "$SLURMD_PID" "$CTLD_PID"; do running "$p" && kill "$(cat "$p")"; done
@@ -167,11 +170,6 @@ if [ "$missing" = 1 ] && running "$SLURMD_PID"; then
   log "packages were (re)installed: restarting slurmd so it reloads plugins/libs"
   kill "$(cat "$SLURMD_PID")"
   for _ in $(seq 1 100); do running "$SLURMD_PID" || break; sleep 0.1; done
-fi
-if [ "$reconfigure" = 1 ]; then
-  # MaxArraySize is re-read on reconfigure; a restart would disturb running jobs.
-  log "only MaxArraySize changed: scontrol reconfigure"
-  scontrol reconfigure
 fi
 if ! running "$CTLD_PID"; then
   if [ "${SLURM_CI_CLEAN:-0}" = 1 ]; then rm -rf "${PREFIX:?}/state"/*; fi
