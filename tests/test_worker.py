@@ -23,7 +23,7 @@ from rxte_hpc.paths import RunPaths
 from rxte_hpc.scratch import LOCK_NAME, PREFIX, reap_stale, task_workspace
 from rxte_hpc.status import RunSummary, StatusRecord, read_record
 from rxte_hpc.worker import run_task
-from workerkit import OBSIDS, factory, fake_curve, write_run
+from workerkit import factory, fake_curve, write_run
 
 KIT = Path(__file__).with_name("workerkit.py")
 
