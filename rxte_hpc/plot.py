@@ -103,7 +103,11 @@ def _draw_exposure(ax, e: ExposurePoints) -> None:
                       label=f"{state} ({int(sel.sum())})", rasterized=bool(sel.sum() > MAX_POINTS))
     ax.set_ylabel("exposure per ObsID (ks)", fontsize=8)
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper right", fontsize=7, ncol=4, frameon=False)
+    if known.any():
+        ax.legend(loc="upper right", fontsize=7, ncol=4, frameon=False)
+    else:  # e.g. a table without exposures: say so instead of an empty legend
+        ax.text(0.5, 0.5, "exposures unknown (not in the manifest)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=8, color="0.4")
     ax.grid(alpha=0.3)
 
 

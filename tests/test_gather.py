@@ -313,6 +313,25 @@ def test_several_bands_and_hardness_ratio(tmp_path):
     np.testing.assert_allclose(table["HR_ERR"], 2 * np.sqrt((s * eh) ** 2 + (h * es) ** 2) / (h + s) ** 2, rtol=1e-12)
 
 
+@pytest.mark.filterwarnings(*STINGRAY_WARNINGS)
+def test_stingray_reads_each_merged_band(tmp_path):
+    from stingray import Lightcurve
+
+    lc = _real()
+    a, b = _chunks(lc)[:2]
+    parts = {_obsid(0): _band_parts(lc, a, lc.rate[a] * 0.5), _obsid(1): _band_parts(lc, b, lc.rate[b] * 0.25)}
+    cfg, manifest, paths = _make_run(
+        tmp_path, parts, extract={"backend": "native", "bands": {"soft": [2, 4], "hard": {"chmin": 11, "chmax": 20}}})
+    run_gather(cfg)
+    for band, scale in (("soft", (1.0, 1.0)), ("hard", (0.5, 0.25))):
+        slc = Lightcurve.read(str(paths.root / f"merged_{band}.lc"), fmt="hea")
+        table = Table.read(paths.root / f"merged_{band}.lc", hdu="RATE")
+        np.testing.assert_array_equal(np.asarray(slc.time, dtype=float), np.concatenate([lc.time[a], lc.time[b]]))
+        full = np.asarray(table["FRACEXP"]) >= 0.9
+        expected = np.concatenate([lc.rate[a] * scale[0], lc.rate[b] * scale[1]])
+        np.testing.assert_allclose(np.asarray(slc.countrate)[full], (expected / table["FRACEXP"])[full], rtol=1e-12)
+
+
 def test_hardness_by_hand():
     t = np.array([0.0, 16.0, 32.0, 48.0])
     ids = np.array([b"50011-01-01-00"] * 4)
