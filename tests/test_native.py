@@ -367,3 +367,34 @@ def test_two_bands_in_one_pass_equal_separate_runs(archive, tmp_path):
         for combined, single in zip(pair, (sim_run(soft, obs)[0], sim_run(hard, obs)[0])):
             for attr in ("time", "rate", "error", "fracexp"):
                 assert np.array_equal(getattr(combined, attr), getattr(single, attr), equal_nan=True)
+
+
+STANDIN = Path(__file__).with_name("heasoft_standin")
+
+
+def test_missing_products_are_prepared_once_with_heasoft_and_kept(archive, tmp_path, monkeypatch):
+    """No prepared tree but HEASoft present: pcaprepobsid runs once, its products are kept and reused."""
+    import os
+
+    from rxte_hpc.scratch import task_workspace
+
+    monkeypatch.setenv("HEADAS", str(STANDIN))
+    for key in [k for k in os.environ if k.startswith("RXTE_STANDIN")]:
+        monkeypatch.delenv(key)
+    obs = next(o for o in archive.observations if str(o.obsid) not in archive.broken)
+    raw = {"run_dir": str(tmp_path / "run"), "archive": {"root": str(archive.root)},
+           "extract": {"backend": "native", "prepared": str(tmp_path / "prepared"), "chmin": 5, "chmax": 10}}
+    config = config_from_mapping(raw, tmp_path / "c.yaml")
+    ex = NativeExtractor(ExtractContext(config, RunPaths(config.run_dir), LocalArchive(archive.root)))
+    row = ManifestRow(0, obs.obsid, obs.cycle, obs.prnb, obs.target_name, obs.time_mjd, obs.exposure_s, 0.0, 0.0, 0)
+    with task_workspace(tmp_path / "scratch", 0, "t") as ws:
+        first_log, second_log = io.StringIO(), io.StringIO()
+        (lc,) = ex.extract(row, ws, first_log)
+        (again,) = ex.extract(row, ws, second_log)
+    assert (tmp_path / "prepared" / obs.obsid.text / "pcaprepobsid_done.txt").is_file()
+    assert "pcaprepobsid" in first_log.getvalue() and "pcaprepobsid" not in second_log.getvalue()
+    (reference,) = sim_run(sim_extractor(tmp_path, archive, chmin=5, chmax=10), obs)
+    for got in (lc, again):
+        np.testing.assert_array_equal(got.time, reference.time)
+        np.testing.assert_array_equal(got.rate, reference.rate)
+        np.testing.assert_array_equal(got.error, reference.error)

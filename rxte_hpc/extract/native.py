@@ -12,7 +12,6 @@ each band is one masked sum of them, so extra bands cost almost nothing.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from ..lcfile import LightCurve, absolute_times, read_time_ref, read_timedel, re
 from ..manifest import ManifestRow
 from ..scratch import Workspace
 from .base import Extractor
+from .heasoft import run_pcaprepobsid
 from .gti import DEFAULT_FRACTION, FilterExpr, intersect_gtis, intervals_from_flags, parse_filter, select_rows, union_gtis
 from .native_io import FitsTable, find_table, read_list, read_tables
 from .std2 import ChannelBand, bins_for_channels, channel_map_from_header, parse_layerlist, parse_pculist, resolve_band
@@ -352,16 +352,7 @@ class NativeExtractor(Extractor):
 
     def _run_pcaprepobsid(self, row: ManifestRow, directory: Path, workspace: Workspace, tool_log: TextIO) -> Path:
         """Prepare once through the heasoft extractor's own helper, so both backends run it the same way."""
-        try:
-            heasoft = importlib.import_module(f"{__package__}.heasoft")
-        except ModuleNotFoundError:
-            heasoft = None
-        prepare = getattr(heasoft, "run_pcaprepobsid", None)
-        if prepare is None:
-            raise DataError(
-                f"no prepared products for {row.obsid.text} under {directory}, and this build has no pcaprepobsid "
-                "helper: run the heasoft backend with extract.keep_prepared: true, or pcaprepobsid")
-        prepare(self.context, row, directory, workspace, tool_log)
+        run_pcaprepobsid(self.context, row, directory, workspace, tool_log)
         if not (directory / DONE_FILE).is_file():
             raise DataError(f"pcaprepobsid left no {DONE_FILE} in {directory}")
         return directory
