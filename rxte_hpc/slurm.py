@@ -16,6 +16,7 @@ Every Slurm command is an argv list: no shell is involved.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import re
@@ -192,10 +193,15 @@ def read_jobs(paths: RunPaths) -> list[dict[str, Any]]:
 
 
 def record_submission(paths: RunPaths, sub: Submission) -> None:
-    """Append by atomic rewrite: a reader never sees half a file, a crash loses at most this entry."""
-    subs = read_jobs(paths)
-    subs.append(sub.to_json())
-    write_atomic(jobs_file(paths), (json.dumps({"submissions": subs}, indent=1) + "\n").encode())
+    """Append by atomic rewrite under a lock: a reader never sees half a file, and two
+    `submit`/`rerun` calls at the same moment cannot drop each other's entry."""
+    path = jobs_file(paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(".jobs.json.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subs = read_jobs(paths)
+        subs.append(sub.to_json())
+        write_atomic(path, (json.dumps({"submissions": subs}, indent=1) + "\n").encode())
 
 
 def _now() -> str:

@@ -451,3 +451,24 @@ def test_live_submit_mpi_one_allocation(slurm_cluster, sim_archive, tmp_path):
     assert all(r is not None and r.state == "done" for r in records)
     assert {r.rank for r in records} == {0, 1}  # srun --mpi=pmi2 gave one world of two ranks
     assert (run / "merged.lc").is_file()
+
+
+def _record_many(run_dir: str, start: int) -> None:
+    from rxte_hpc.slurm import Submission, record_submission
+
+    for i in range(start, start + 10):
+        record_submission(RunPaths(Path(run_dir)), Submission("array", str(i), "s", ("sbatch",), "now", "0-1", 0))
+
+
+def test_concurrent_submissions_are_all_recorded(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_record_many, args=(str(tmp_path), 100 * k)) for k in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    ids = sorted(int(s["job_id"]) for s in read_jobs(RunPaths(tmp_path)))
+    assert ids == sorted(100 * k + i for k in range(6) for i in range(10))
