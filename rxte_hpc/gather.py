@@ -349,7 +349,8 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
     first = merged[bands[0].name]
     overlaps = sum(m.n_overlap_rows for m in merged.values())
     exit_code = 1 if (failed or missing) and not allow_missing else 0
-    parts = [f"merged {counts['used']} ObsIDs ({first.n_rows} rows, {first.n_nan} NaN) into "
+    each = " per band" if len(bands) > 1 else ""  # bands share bins and live time: same rows, same NaNs
+    parts = [f"merged {counts['used']} ObsIDs ({first.n_rows} rows, {first.n_nan} NaN{each}) into "
              + ", ".join(p.name for p in outputs)]
     if missing:
         parts.append(f"{len(missing)} missing: {_first_few(missing)}")
