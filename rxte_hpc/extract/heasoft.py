@@ -205,7 +205,7 @@ class HeasoftExtractor(Extractor):
 
     def check_available(self) -> None:
         """HEASoft present, and the settings the tasks would reject valid, before any task starts."""
-        from .gti import parse_filter
+        from .filterexpr import parse_filter
         from .std2 import parse_layerlist, parse_pculist
 
         self.headas()

@@ -28,7 +28,8 @@ from ..manifest import ManifestRow
 from ..scratch import Workspace
 from .base import Extractor
 from .heasoft import run_pcaprepobsid
-from .gti import DEFAULT_FRACTION, FilterExpr, intersect_gtis, intervals_from_flags, parse_filter, select_rows, union_gtis
+from .filterexpr import FilterExpr, parse_filter
+from .gti import DEFAULT_FRACTION, intersect_gtis, intervals_from_flags, select_rows, union_gtis
 from .native_io import FitsTable, find_table, read_list, read_tables
 from .std2 import ChannelBand, bins_for_channels, channel_map_from_header, parse_layerlist, parse_pculist, resolve_band
 
