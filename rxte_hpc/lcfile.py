@@ -365,9 +365,9 @@ def _card(key: str, value: Any) -> Card:
 
 def _lightcurve_parts(lc: LightCurve) -> tuple[list[Col], list[Card]]:
     """The RATE extension's columns and cards, with split time keywords as saextrct writes them."""
-    cols = [_as_column(n, v) for n, v in (("TIME", lc.time), ("RATE", lc.rate), ("ERROR", lc.error),
-                                           ("FRACEXP", lc.fracexp))]
-    cols[0] = Col("TIME", "D", np.asarray(lc.time, dtype=np.float64), "s")
+    # TIME is always double precision: float32 would lose seconds at RXTE's ~1e8 s
+    cols = [Col("TIME", "D", np.asarray(lc.time, dtype=np.float64), "s")]
+    cols += [_as_column(n, v) for n, v in (("RATE", lc.rate), ("ERROR", lc.error), ("FRACEXP", lc.fracexp))]
     cols += [_as_column(name, values) for name, values in lc.columns.items()]
     cards = [_card(k, v) for k, v in lc.keywords.items() if k.upper() not in _TIME_KEYWORDS and not _structural(k.upper())]
     cards = [c for c in cards if c[0] not in ("HDUCLASS", "HDUCLAS1", "HDUCLAS3", "HDUVERS1")]
