@@ -155,8 +155,7 @@ class TaskRunner:
             with open(self.paths.log(obsid), "w") as tool_log:
                 tool_log.write(f"# {obsid} backend {self.extractor.name} on {self.identity.host} at {started}\n")
                 tool_log.flush()
-                try:
-                    self.workspace.fresh_work()
+                try:  # work/ is empty here: new with the workspace, emptied after every ObsID below
                     curves = self.extractor.extract(row, self.workspace, tool_log)
                     if not curves or all(c.n_rows == 0 for c in curves):
                         raise NoDataError("the light curve has no rows")
