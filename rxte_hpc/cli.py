@@ -158,7 +158,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     path = planner.write_manifest(config, manifest, force=args.force)
     print(f"wrote {path}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks")
     if args.plot:
-        print(f"wrote {planner.plot_exposure(manifest, path.with_name('exposure.png'))}")
+        from .plot import plot_exposure
+
+        print(f"wrote {plot_exposure(manifest, path.with_name('exposure.png'))}")
     return 0
 
 

@@ -336,34 +336,3 @@ def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -
     manifest.write(paths.manifest)
     log.info("wrote %s: %d ObsIDs in %d tasks", paths.manifest, len(manifest.rows), manifest.n_tasks)
     return paths.manifest
-
-
-def _mjd_to_year(mjd: Any) -> Any:
-    return 2000.0 + (np.asarray(mjd, dtype=float) - 51544.5) / 365.25
-
-
-def _year_to_mjd(year: Any) -> Any:
-    return 51544.5 + (np.asarray(year, dtype=float) - 2000.0) * 365.25
-
-
-def plot_exposure(manifest: Manifest, path: Path) -> Path:
-    """The seed's exposure-versus-time figure (PNG): Julian year below, MJD above."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .fsutil import atomic_path
-
-    rows = [r for r in manifest.rows if math.isfinite(r.time_mjd) and math.isfinite(r.exposure_s)]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    years = _mjd_to_year([r.time_mjd for r in rows])
-    ax.plot(years, [r.exposure_s / 1e3 for r in rows], "o", ms=3)
-    ax.set_xlabel("year")
-    ax.set_ylabel("exposure (ks)")
-    names = sorted({r.target_name for r in manifest.rows if r.target_name})
-    ax.set_title(f"{', '.join(names[:3]) or 'RXTE PCA'}: {len(manifest.rows)} ObsIDs, {len(rows)} with time and exposure")
-    ax.secondary_xaxis("top", functions=(_year_to_mjd, _mjd_to_year)).set_xlabel("MJD")
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return Path(path)

@@ -10,6 +10,7 @@ curve is shown as per-display-bin mean with a min/max envelope, so 200 and
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .fsutil import atomic_path
+from .manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +141,24 @@ def plot_lightcurves(
         fig.savefig(tmp, format="png", dpi=110)
     log.info("wrote %s", target)
     return target
+
+
+def plot_exposure(manifest: Manifest, path: Path) -> Path:
+    """The seed's exposure-versus-time figure (PNG): Julian year below, MJD above."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in manifest.rows if math.isfinite(r.time_mjd) and math.isfinite(r.exposure_s)]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    years = mjd_to_year([r.time_mjd for r in rows])
+    ax.plot(years, [r.exposure_s / 1e3 for r in rows], "o", ms=3)
+    ax.set_xlabel("year")
+    ax.set_ylabel("exposure (ks)")
+    names = sorted({r.target_name for r in manifest.rows if r.target_name})
+    ax.set_title(f"{', '.join(names[:3]) or 'RXTE PCA'}: {len(manifest.rows)} ObsIDs, {len(rows)} with time and exposure")
+    ax.secondary_xaxis("top", functions=(year_to_mjd, mjd_to_year)).set_xlabel("MJD")
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)

@@ -20,7 +20,8 @@ from rxte_hpc.config import config_from_mapping
 from rxte_hpc.errors import DataError, SiteError, UsageError
 from rxte_hpc.lcfile import RXTE_TIMEREF
 from rxte_hpc.manifest import read_manifest
-from rxte_hpc.plan import describe_plan, plan, plot_exposure, scan_archive, write_manifest
+from rxte_hpc.plan import describe_plan, plan, scan_archive, write_manifest
+from rxte_hpc.plot import plot_exposure
 from rxte_hpc.tap import adql_number, build_adql
 
 from tapserver import serve_tap, xtemaster_rows
