@@ -15,12 +15,10 @@ archive's files never change, so nothing is revalidated).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -32,6 +30,7 @@ from .archive import Archive
 from .config import Config
 from .download import COMPLETE_MARKER, Downloader, DownloadPolicy, ProgressCallback, safe_relpath, validate_base_url
 from .errors import DataError, NoDataError, SiteError, UsageError
+from .fsutil import write_atomic
 from .manifest import Manifest, ManifestRow
 from .paths import RunPaths
 
@@ -192,18 +191,10 @@ class RemoteArchive(Archive):
         """Keep a listing for later runs without network; failing to is only a lost shortcut."""
         target = self._listing_path(rel)
         text = json.dumps({"url": self.downloader.url_for(rel, directory=True), "files": sorted(files)}, indent=1)
-        tmp_name = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
-            os.replace(tmp_name, target)
-        except OSError as exc:
-            log.warning("cannot save the listing of %s in %s: %s", rel, target, exc.strerror or exc)
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+            write_atomic(target, (text + "\n").encode(), durable=False)
+        except SiteError as exc:
+            log.warning("cannot save the listing of %s: %s", rel, exc)
 
 
 # ----------------------------------------------------------------------------- fetch

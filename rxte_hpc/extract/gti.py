@@ -15,7 +15,6 @@ times, as saextrct does when it reads a maketime file.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import DataError, UsageError
+from ..fsutil import atomic_path
 from ..lcfile import absolute_times
 from .filterexpr import FilterExpr, missing_columns_message, parse_filter
 
@@ -331,7 +331,5 @@ def write_gti_file(
     for header in (primary.header, table.header):
         header.add_history("maketime (rxte_hpc native) expression:")
         header.add_history(text)
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    fits.HDUList([primary, table]).writeto(temporary, overwrite=True)
-    os.replace(temporary, path)
+    with atomic_path(Path(path)) as temporary:
+        fits.HDUList([primary, table]).writeto(temporary)
