@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from .errors import DataError, NoDataError
 from .fitswriter import Col, columns_of, copied_cards, primary_bytes, table_bytes
-from .lcfile import RXTE_MJDREFF, RXTE_MJDREFI, SECONDS_PER_DAY
+from .lcfile import RXTE_TIMEREF, read_timezero
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,6 @@ def epoch_of(met: np.ndarray) -> np.ndarray:
     return 1 + np.searchsorted(np.asarray(EPOCH_STARTS_MET), np.asarray(met, dtype=float), side="right")
 
 
-def met_to_mjd(met: np.ndarray | float) -> np.ndarray | float:
-    return RXTE_MJDREFI + RXTE_MJDREFF + np.asarray(met, dtype=float) / SECONDS_PER_DAY
-
-
 # ---------------------------------------------------------------- sky model
 CYCLE_DAYS = 2024.0  # Eta Car's 5.54-yr X-ray cycle
 MINIMUM_MJD = 50799.0
@@ -91,7 +87,7 @@ def source_rate_2_9(met: np.ndarray) -> np.ndarray:
     Minima recur every 2024 d from MJD 50799 (so near 52823, 54847); the
     ~85-d flares before each minimum give the campaign realistic structure.
     """
-    mjd = met_to_mjd(met)
+    mjd = RXTE_TIMEREF.mjd(met)
     phase = np.mod((mjd - MINIMUM_MJD) / CYCLE_DAYS, 1.0)
     rise = 14.0 + 22.0 * phase**4
     flares = 1.0 + 0.35 * np.clip((phase - 0.75) / 0.25, 0, 1) * np.sin(np.pi * mjd / 85.0) ** 2
@@ -373,7 +369,7 @@ def _prepare_file(path: Path, hk_dir: Path, base: Path) -> None:
         gti = table_bytes(hdul[2].name, columns_of(hdul[2]), copied_cards(hdul[2].header))
         data = sa.data
         time_raw = np.asarray(data["Time"], dtype=float)
-        timezero = float(sa.header.get("TIMEZERO", 0.0))
+        timezero = read_timezero(sa.header)
         spectra = _spectra(data)
         rates = {name: np.stack([np.asarray(data[f"{name}Pcu{p}"], dtype=float) for p in range(N_PCU)], axis=1) for name in ALL_RATES}
     on, vle_setting = _hk_pcu_on(hk_dir, time_raw)
