@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from rxte_hpc.manifest import Observation, build_manifest
-from rxte_hpc.sim import campaign
+from rxte_hpc.core.manifest import Observation, build_manifest
+from rxte_hpc.sim.simulate import campaign
 
 
 def spread(loads: np.ndarray) -> str:

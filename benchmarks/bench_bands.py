@@ -16,12 +16,12 @@ from pathlib import Path
 
 from bench_native import cached_archive, manifest_for, write_run
 
-from rxte_hpc.archive import LocalArchive
-from rxte_hpc.config import load_config
-from rxte_hpc.errors import RxteError
+from rxte_hpc.archive.local import LocalArchive
+from rxte_hpc.core.config import load_config
+from rxte_hpc.core.errors import RxteError
 from rxte_hpc.extract.base import ExtractContext
 from rxte_hpc.extract.native import NativeExtractor
-from rxte_hpc.paths import RunPaths
+from rxte_hpc.core.paths import RunPaths
 
 SINGLE = ("chmin: 5, chmax: 10", "energy_kev: [4, 9]", "energy_kev: [9, 20]")
 TRIPLE = "bands: {soft: {chmin: 5, chmax: 10}, mid: [4, 9], hard: [9, 20]}"

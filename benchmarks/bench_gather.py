@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rxte_hpc.config import config_from_mapping
-from rxte_hpc.lcfile import RXTE_TIMEREF, LightCurve, lightcurve_bytes
-from rxte_hpc.manifest import Observation, build_manifest
-from rxte_hpc.obsid import ObsID
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.status import StatusRecord
+from rxte_hpc.core.config import config_from_mapping
+from rxte_hpc.fits.lcfile import RXTE_TIMEREF, LightCurve, lightcurve_bytes
+from rxte_hpc.core.manifest import Observation, build_manifest
+from rxte_hpc.core.obsid import ObsID
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.status import StatusRecord
 
 
 def make_run(root: Path, n_files: int, rows: int, seed: int = 1) -> Path:
@@ -62,11 +62,11 @@ import json, resource, sys, time
 from pathlib import Path
 mode, config_path = sys.argv[1], Path(sys.argv[2])
 from astropy.io import fits
-from rxte_hpc.config import load_config
-from rxte_hpc.gather import run_gather
-from rxte_hpc.paths import RunPaths
-import rxte_hpc.plot, matplotlib.figure, matplotlib.backends.backend_agg  # imports are not the work
-import rxte_hpc.gather as g
+from rxte_hpc.core.config import load_config
+from rxte_hpc.products.gather import run_gather
+from rxte_hpc.core.paths import RunPaths
+import rxte_hpc.products.plot, matplotlib.figure, matplotlib.backends.backend_agg  # imports are not the work
+import rxte_hpc.products.gather as g
 cfg = load_config(config_path)
 if mode == "merge":  # the merge and the FITS write, without the figure
     g._plot = lambda *a, **k: None

@@ -34,13 +34,13 @@ from typing import TextIO
 
 import numpy as np
 
-from rxte_hpc.config import load_config
+from rxte_hpc.core.config import load_config
 from rxte_hpc.extract.base import ExtractContext, Extractor
-from rxte_hpc.lcfile import LightCurve
-from rxte_hpc.manifest import ManifestRow, Observation, build_manifest
-from rxte_hpc.obsid import ObsID
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.scratch import Workspace
+from rxte_hpc.fits.lcfile import LightCurve
+from rxte_hpc.core.manifest import ManifestRow, Observation, build_manifest
+from rxte_hpc.core.obsid import ObsID
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.scratch import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 #: CPU seconds burnt per second of exposure; set per run through the environment.
@@ -101,7 +101,7 @@ def _run(cfg: Path, n: int, schedule: str, per_ks: float) -> dict:
 def _inner(cfg: Path, schedule: str) -> int:
     """Under mpiexec: run the executor with the burner; rank 0 prints its wall time."""
     from rxte_hpc.cli import _setup_logging
-    from rxte_hpc.mpi import run_mpi
+    from rxte_hpc.run.mpi.executor import run_mpi
 
     _setup_logging(False)
     import logging

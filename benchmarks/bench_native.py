@@ -21,15 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from rxte_hpc.archive import LocalArchive
-from rxte_hpc.config import load_config
-from rxte_hpc.errors import RxteError
+from rxte_hpc.archive.local import LocalArchive
+from rxte_hpc.core.config import load_config
+from rxte_hpc.core.errors import RxteError
 from rxte_hpc.extract.base import ExtractContext
 from rxte_hpc.extract.native import NativeExtractor
-from rxte_hpc.local import run_local
-from rxte_hpc.manifest import Observation, build_manifest
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.sim import campaign, simulate_archive
+from rxte_hpc.run.local import run_local
+from rxte_hpc.core.manifest import Observation, build_manifest
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.sim.simulate import campaign, simulate_archive
 
 HEASOFT_S_PER_OBSID = 15.0
 SEED = 1

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rxte_hpc.config import load_config
+from rxte_hpc.core.config import load_config
 from rxte_hpc.extract.base import Extractor
-from rxte_hpc.lcfile import LightCurve, lightcurve_bytes
-from rxte_hpc.manifest import Observation, build_manifest
-from rxte_hpc.obsid import ObsID
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.worker import TaskRunner, WorkerIdentity
+from rxte_hpc.fits.lcfile import LightCurve, lightcurve_bytes
+from rxte_hpc.core.manifest import Observation, build_manifest
+from rxte_hpc.core.obsid import ObsID
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.run.worker import TaskRunner, WorkerIdentity
 
 CURVE = LightCurve(time=1e8 + 16.0 * np.arange(8), rate=np.ones(8), error=np.ones(8), fracexp=np.ones(8), timedel=16.0)
 

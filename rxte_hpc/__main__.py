@@ -1,6 +1,6 @@
 """`python -m rxte_hpc ...` is the same as the `rxte-hpc` command."""
 import sys
 
-from .cli import main
+from rxte_hpc.cli import main
 
 sys.exit(main())

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
-from .config import Config, load_config
-from .errors import Interrupted, RxteError, UsageError
-from .manifest import Manifest, read_manifest
-from .paths import RunPaths
+from rxte_hpc import __version__
+from rxte_hpc.core.config import Config, load_config
+from rxte_hpc.core.errors import Interrupted, RxteError, UsageError
+from rxte_hpc.core.manifest import Manifest, read_manifest
+from rxte_hpc.core.paths import RunPaths
 
 log = logging.getLogger("rxte_hpc")
 
@@ -138,7 +138,7 @@ def _manifest(config: Config) -> Manifest:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .sim import main_summary, simulate_archive
+    from rxte_hpc.sim.simulate import main_summary, simulate_archive
 
     if args.n_obs < 1:
         raise UsageError(f"--n-obs must be at least 1, not {args.n_obs}")
@@ -148,7 +148,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from . import plan as planner
+    from rxte_hpc.plan import planner
 
     config = load_config(args.config)
     manifest = planner.plan(config)
@@ -158,7 +158,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     path = planner.write_manifest(config, manifest, force=args.force)
     print(f"wrote {path}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks")
     if args.plot:
-        from .plot import plot_exposure
+        from rxte_hpc.products.plot import plot_exposure
 
         print(f"wrote {plot_exposure(manifest, path.with_name('exposure.png'))}")
     return 0
@@ -166,7 +166,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def ensure_manifest(config: Config) -> Manifest:
     """The run's manifest, planning it first when there is none (what `run` and `submit` need)."""
-    from . import plan as planner
+    from rxte_hpc.plan import planner
 
     paths = RunPaths(config.run_dir)
     if paths.manifest.is_file():
@@ -179,16 +179,16 @@ def ensure_manifest(config: Config) -> Manifest:
 
 def _check_backend(config: Config) -> None:
     """Fail before any task starts when the extractor cannot run here (e.g. no HEASoft)."""
-    from .archive import open_archive
-    from .extract import ExtractContext, make_extractor
+    from rxte_hpc.archive.local import open_archive
+    from rxte_hpc.extract import ExtractContext, make_extractor
 
     paths = RunPaths(config.run_dir)
     make_extractor(ExtractContext(config, paths, open_archive(config, paths))).check_available()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .gather import run_gather
-    from .local import run_local
+    from rxte_hpc.products.gather import run_gather
+    from rxte_hpc.run.local import run_local
 
     config = load_config(args.config)
     if args.workers is not None and args.workers < 1:
@@ -206,12 +206,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_work(args: argparse.Namespace) -> int:
-    from .status import FINISHED
-    from .worker import TaskRunner, WorkerIdentity, run_task
+    from rxte_hpc.core.status import FINISHED
+    from rxte_hpc.run.worker import TaskRunner, WorkerIdentity, run_task
 
     config = load_config(args.config)
     if args.mpi:
-        from .mpi import run_mpi
+        from rxte_hpc.run.mpi.executor import run_mpi
 
         return run_mpi(config, force=args.force, schedule=args.schedule, gather=args.gather)
     if args.schedule != "dynamic" or args.gather:
@@ -226,7 +226,7 @@ def cmd_work(args: argparse.Namespace) -> int:
         slurm_job = None
         task = args.task
         if args.slurm:
-            from .slurm import array_task_from_env
+            from rxte_hpc.run.slurm.submit import array_task_from_env
 
             task, slurm_job = array_task_from_env(os.environ)
         records = run_task(config, manifest, task, force=args.force, slurm_job=slurm_job)
@@ -237,28 +237,28 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .slurm import submit
+    from rxte_hpc.run.slurm.submit import submit
 
     config = load_config(args.config)
     return submit(config, dry_run=args.dry_run, mpi=args.mpi)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .slurm import rerun
+    from rxte_hpc.run.slurm.submit import rerun
 
     config = load_config(args.config)
     return rerun(config, dry_run=args.dry_run, include_failed=args.include_failed)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import RunSummary, format_counts
+    from rxte_hpc.core.status import RunSummary, format_counts
 
     config = load_config(args.config)
     manifest = _manifest(config)
     summary = RunSummary.collect(manifest, RunPaths(config.run_dir), config.hash())
     scheduler = None
     if args.scheduler:
-        from .slurm import scheduler_states
+        from rxte_hpc.run.slurm.submit import scheduler_states
 
         scheduler = scheduler_states(config)
     if args.json:
@@ -285,14 +285,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .remote import fetch_command
+    from rxte_hpc.archive.remote import fetch_command
 
     config = load_config(args.config)
     return fetch_command(config, _manifest(config), task=args.task)
 
 
 def cmd_gather(args: argparse.Namespace) -> int:
-    from .gather import run_gather
+    from rxte_hpc.products.gather import run_gather
 
     config = load_config(args.config)
     result = run_gather(config, allow_missing=args.allow_missing)

@@ -1,4 +1,4 @@
-"""Run `rxte_hpc.mpi.run_mpi` under a real `mpiexec` with a slowed-down extractor.
+"""Run `rxte_hpc.run.mpi.executor.run_mpi` under a real `mpiexec` with a slowed-down extractor.
 
 The tests need ranks that are caught in the middle of an ObsID (to kill one,
 or to send SIGTERM), which the millisecond `stdprod` extractor never is. This
@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from rxte_hpc.cli import _setup_logging
-from rxte_hpc.config import load_config
-from rxte_hpc.errors import Interrupted, RxteError
+from rxte_hpc.core.config import load_config
+from rxte_hpc.core.errors import Interrupted, RxteError
 from rxte_hpc.extract import ExtractContext, Extractor, make_extractor
-from rxte_hpc.lcfile import LightCurve
-from rxte_hpc.manifest import ManifestRow
-from rxte_hpc.scratch import Workspace
+from rxte_hpc.fits.lcfile import LightCurve
+from rxte_hpc.core.manifest import ManifestRow
+from rxte_hpc.core.scratch import Workspace
 
 
 def slow_factory(markers: Path, delay: float) -> Callable[[ExtractContext], Extractor]:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", default="dynamic")
     args = parser.parse_args(argv)
     _setup_logging(False)
-    from rxte_hpc.mpi import run_mpi
+    from rxte_hpc.run.mpi.executor import run_mpi
 
     args.markers.mkdir(parents=True, exist_ok=True)
     try:

@@ -13,9 +13,9 @@ import yaml
 from astropy.io import fits
 
 from rxte_hpc.cli import main
-from rxte_hpc.lcfile import read_lightcurve
-from rxte_hpc.manifest import read_manifest
-from rxte_hpc.sim import simulate_archive
+from rxte_hpc.fits.lcfile import read_lightcurve
+from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.sim.simulate import simulate_archive
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from rxte_hpc.cli import main
-from rxte_hpc.config import ConfigError, load_config
+from rxte_hpc.core.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

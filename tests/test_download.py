@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from httpserver import Faults, pseudo_random_bytes, serve_tree, write_tree
-from rxte_hpc.download import (
+from rxte_hpc.archive.download import (
     COMPLETE_MARKER,
     Downloader,
     DownloadPolicy,
@@ -22,7 +22,7 @@ from rxte_hpc.download import (
     safe_relpath,
     validate_base_url,
 )
-from rxte_hpc.errors import DataError, NoDataError, SiteError, UsageError
+from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 
 OBS = "AO9/P90171/90171-01-01-00"
 FILE = f"{OBS}/pca/FS4a_1234abcd-1234ffff.gz"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from rxte_hpc.fitswriter import CardError, Col, primary_bytes, table_bytes
-from rxte_hpc.lcfile import LightCurve, lightcurve_bytes, lightcurve_hdulist, read_lightcurves
+from rxte_hpc.fits.writer import CardError, Col, primary_bytes, table_bytes
+from rxte_hpc.fits.lcfile import LightCurve, lightcurve_bytes, lightcurve_hdulist, read_lightcurves
 
 
 def _curve(name="RATE", **keywords):

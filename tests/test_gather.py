@@ -11,16 +11,16 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from rxte_hpc.config import config_from_mapping
-from rxte_hpc.errors import DataError
-from rxte_hpc.fsutil import write_atomic
-from rxte_hpc.gather import gti_union, hardness_ratio, merge_lightcurves, run_gather
-from rxte_hpc.lcfile import LightCurve, TimeRef, bins_as_gti, lightcurve_bytes, read_lightcurve
-from rxte_hpc.manifest import Observation, build_manifest, read_manifest
-from rxte_hpc.obsid import ObsID
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.plot import MAX_POINTS, envelope
-from rxte_hpc.status import StatusRecord, write_record
+from rxte_hpc.core.config import config_from_mapping
+from rxte_hpc.core.errors import DataError
+from rxte_hpc.core.fsutil import write_atomic
+from rxte_hpc.products.gather import gti_union, hardness_ratio, merge_lightcurves, run_gather
+from rxte_hpc.fits.lcfile import LightCurve, TimeRef, bins_as_gti, lightcurve_bytes, read_lightcurve
+from rxte_hpc.core.manifest import Observation, build_manifest, read_manifest
+from rxte_hpc.core.obsid import ObsID
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.products.plot import MAX_POINTS, envelope
+from rxte_hpc.core.status import StatusRecord, write_record
 
 REAL = Path(__file__).parent / "data" / "xp5001101_e5_n2a.lc"
 STINGRAY_WARNINGS = [
@@ -346,7 +346,7 @@ def test_hardness_by_hand():
 
 
 def test_plot_envelope_for_huge_inputs(tmp_path):
-    from rxte_hpc.plot import ExposurePoints, Series, plot_lightcurves
+    from rxte_hpc.products.plot import ExposurePoints, Series, plot_lightcurves
 
     rng = np.random.default_rng(1)
     n = 200_000

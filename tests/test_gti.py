@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from rxte_hpc.errors import DataError, UsageError
+from rxte_hpc.core.errors import DataError, UsageError
 from rxte_hpc.extract.gti import (
     filter_gti,
     intersect_gtis,

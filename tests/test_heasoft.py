@@ -24,16 +24,16 @@ import yaml
 from astropy.io import fits
 from astropy.table import Table
 
-from rxte_hpc.archive import LocalArchive
-from rxte_hpc.config import config_from_mapping, load_config
-from rxte_hpc.errors import DataError, NoDataError, UsageError
+from rxte_hpc.archive.local import LocalArchive
+from rxte_hpc.core.config import config_from_mapping, load_config
+from rxte_hpc.core.errors import DataError, NoDataError, UsageError
 from rxte_hpc.extract.base import ExtractContext
 from rxte_hpc.extract.heasoft import HeasoftExtractor, ToolRun
-from rxte_hpc.manifest import ManifestRow, build_manifest, Observation
-from rxte_hpc.obsid import ObsID
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.scratch import Workspace
-from rxte_hpc.sim import SimArchive, simulate_archive
+from rxte_hpc.core.manifest import ManifestRow, build_manifest, Observation
+from rxte_hpc.core.obsid import ObsID
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.scratch import Workspace
+from rxte_hpc.sim.simulate import SimArchive, simulate_archive
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "heasoft_standin"
@@ -72,7 +72,7 @@ def _good(archive: SimArchive) -> list[ManifestRow]:
 
 
 def _broken(archive: SimArchive, kind: str) -> ManifestRow:
-    from rxte_hpc.sim import BROKEN_KINDS
+    from rxte_hpc.sim.simulate import BROKEN_KINDS
 
     return next(r for r in _rows(archive) if archive.broken.get(r.obsid.text) == BROKEN_KINDS[kind])
 
@@ -424,8 +424,8 @@ def _etacar_variant(tmp: Path, run_dir: Path, n_obs: int = 8) -> Path:
 
 
 def test_long_run_dir_path_works_through_the_worker(tmp_path):
-    from rxte_hpc.archive import ensure_simulated
-    from rxte_hpc.worker import run_task
+    from rxte_hpc.archive.local import ensure_simulated
+    from rxte_hpc.run.worker import run_task
 
     run_dir = tmp_path / ("r" * 80) / ("u" * 80)
     assert len(str(run_dir)) > 150
@@ -488,7 +488,7 @@ def test_run_pcaprepobsid_helper_publishes_products_for_native(archive, tmp_path
 
 
 def test_a_hung_task_is_killed_and_is_a_site_error(tmp_path):
-    from rxte_hpc.errors import SiteError
+    from rxte_hpc.core.errors import SiteError
     from rxte_hpc.extract.heasoft import run_tool
 
     ws = _workspace(tmp_path / "s")

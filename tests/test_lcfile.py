@@ -15,7 +15,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
 
-from rxte_hpc.lcfile import RXTE_TIMEREF, LightCurve, TimeRef, lightcurve_bytes, read_lightcurve, read_lightcurves
+from rxte_hpc.fits.lcfile import RXTE_TIMEREF, LightCurve, TimeRef, lightcurve_bytes, read_lightcurve, read_lightcurves
 
 DATA = Path(__file__).parent / "data"
 REAL = DATA / "xp5001101_e5_n2a.lc"

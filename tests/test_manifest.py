@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from rxte_hpc.errors import DataError, UsageError
-from rxte_hpc.manifest import Observation, assign_tasks, build_manifest, read_manifest
-from rxte_hpc.obsid import ObsID
+from rxte_hpc.core.errors import DataError, UsageError
+from rxte_hpc.core.manifest import Observation, assign_tasks, build_manifest, read_manifest
+from rxte_hpc.core.obsid import ObsID
 
 META = {
     "tool_version": "0.1.0",
@@ -94,8 +94,8 @@ def test_missing_and_broken_manifests(tmp_path):
 
 
 def test_manifest_with_empty_target_name_round_trips(tmp_path):
-    from rxte_hpc.manifest import Observation, build_manifest, read_manifest
-    from rxte_hpc.obsid import ObsID
+    from rxte_hpc.core.manifest import Observation, build_manifest, read_manifest
+    from rxte_hpc.core.obsid import ObsID
 
     manifest = build_manifest([Observation(ObsID("90171-01-01-00"), 9)], 8, {"source": {"kind": "test"}})
     manifest.write(tmp_path / "m.ecsv")

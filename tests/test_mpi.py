@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from rxte_hpc import plan as planner
-from rxte_hpc.config import load_config
-from rxte_hpc.errors import UsageError
-from rxte_hpc.manifest import read_manifest
-from rxte_hpc.mpi import check_not_independent, size_claimed_by_launcher
-from rxte_hpc.paths import RunPaths
+from rxte_hpc.plan import planner
+from rxte_hpc.core.config import load_config
+from rxte_hpc.core.errors import UsageError
+from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.run.mpi.executor import check_not_independent, size_claimed_by_launcher
+from rxte_hpc.core.paths import RunPaths
 
 pytestmark = pytest.mark.mpi
 
@@ -50,7 +50,7 @@ needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip inst
 
 @pytest.fixture(scope="session")
 def shared_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rxte_hpc.sim import simulate_archive
+    from rxte_hpc.sim.simulate import simulate_archive
 
     root = tmp_path_factory.mktemp("mpi-archive") / "archive"
     simulate_archive(root, n_obs=N_OBS, seed=7)
@@ -200,7 +200,7 @@ def test_without_thread_support_rank0_interleaves(tmp_path: Path, shared_archive
 
 @needs_mpiexec
 def test_gather_after_ranks(tmp_path: Path, shared_archive: Path) -> None:
-    pytest.importorskip("rxte_hpc.gather", reason="gather is written by another helper")
+    pytest.importorskip("rxte_hpc.products.gather", reason="gather is written by another helper")
     cfg = _setup(tmp_path, shared_archive)
     proc = _mpi(cfg, "--gather")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -243,8 +243,8 @@ def _rank_pid(markers: Path, rank: int) -> int:
 
 def _finish_with_run_task(cfg: Path) -> None:
     """What `rerun`/`run` does later: the tasks with missing ObsIDs, serially."""
-    from rxte_hpc.status import RunSummary
-    from rxte_hpc.worker import run_task
+    from rxte_hpc.core.status import RunSummary
+    from rxte_hpc.run.worker import run_task
 
     config = load_config(cfg)
     paths = RunPaths(config.run_dir)

@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from rxte_hpc import sim
-from rxte_hpc.archive import LocalArchive
-from rxte_hpc.config import config_from_mapping
-from rxte_hpc.errors import DataError, NoDataError
+from rxte_hpc.sim import simulate as sim
+from rxte_hpc.archive.local import LocalArchive
+from rxte_hpc.core.config import config_from_mapping
+from rxte_hpc.core.errors import DataError, NoDataError
 from rxte_hpc.extract.base import ExtractContext
 from rxte_hpc.extract.gti import filter_gti, parse_filter
 from rxte_hpc.extract.native import NativeExtractor, screen_filter_file
-from rxte_hpc.extract.native_io import find_table, read_tables
+from rxte_hpc.fits.tableio import find_table, read_tables
 from rxte_hpc.extract.std2 import bins_for_channels, parse_cpix
-from rxte_hpc.lcfile import lightcurve_bytes
-from rxte_hpc.manifest import ManifestRow
-from rxte_hpc.obsid import ObsID
-from rxte_hpc.paths import RunPaths
+from rxte_hpc.fits.lcfile import lightcurve_bytes
+from rxte_hpc.core.manifest import ManifestRow
+from rxte_hpc.core.obsid import ObsID
+from rxte_hpc.core.paths import RunPaths
 
 TZ = 3.0  # a round TIMEZERO keeps hand arithmetic exact
 T0 = 1.0e8  # raw MET of the first row: gain epoch 3
@@ -376,7 +376,7 @@ def test_missing_products_are_prepared_once_with_heasoft_and_kept(archive, tmp_p
     """No prepared tree but HEASoft present: pcaprepobsid runs once, its products are kept and reused."""
     import os
 
-    from rxte_hpc.scratch import task_workspace
+    from rxte_hpc.core.scratch import task_workspace
 
     monkeypatch.setenv("HEADAS", str(STANDIN))
     for key in [k for k in os.environ if k.startswith("RXTE_STANDIN")]:

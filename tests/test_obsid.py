@@ -1,7 +1,7 @@
 """ObsID parsing: the strict pattern, its parts, and what must never pass (it ends up in paths)."""
 import pytest
 
-from rxte_hpc.obsid import InvalidObsID, ObsID, check_cycle, is_pointing
+from rxte_hpc.core.obsid import InvalidObsID, ObsID, check_cycle, is_pointing
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,14 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from rxte_hpc import plan as planmod
-from rxte_hpc.config import config_from_mapping
-from rxte_hpc.errors import DataError, SiteError, UsageError
-from rxte_hpc.lcfile import RXTE_TIMEREF
-from rxte_hpc.manifest import read_manifest
-from rxte_hpc.plan import describe_plan, plan, scan_archive, write_manifest
-from rxte_hpc.plot import plot_exposure
-from rxte_hpc.tap import adql_number, build_adql
+from rxte_hpc.plan import planner as planmod
+from rxte_hpc.core.config import config_from_mapping
+from rxte_hpc.core.errors import DataError, SiteError, UsageError
+from rxte_hpc.fits.lcfile import RXTE_TIMEREF
+from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.plan.planner import describe_plan, plan, scan_archive, write_manifest
+from rxte_hpc.products.plot import plot_exposure
+from rxte_hpc.plan.tap import adql_number, build_adql
 
 from tapserver import serve_tap, xtemaster_rows
 
@@ -270,7 +270,7 @@ def test_archive_scan_reads_fmi_times_and_skips_non_obsids(tmp_path):
 
 
 def test_simulated_archive_scan_matches_its_xtemaster_table(tmp_path):
-    pytest.importorskip("rxte_hpc.sim")
+    pytest.importorskip("rxte_hpc.sim.simulate")
     cfg = make_config(tmp_path, archive={"root": "simulated"}, simulate={"n_obs": 6, "seed": 3}, source={"kind": "archive"})
     scanned = plan(cfg)
     assert scanned.meta["source"]["root"] == str(cfg.run_dir / "archive")

@@ -21,17 +21,17 @@ from astropy.io import fits
 from astropy.table import Table
 
 from httpserver import Faults, serve_tree
-from rxte_hpc import remote
+from rxte_hpc.archive import remote
 from rxte_hpc.cli import main
-from rxte_hpc.config import load_config
-from rxte_hpc.download import DownloadPolicy
-from rxte_hpc.errors import DataError, NoDataError, UsageError
-from rxte_hpc.lcfile import read_lightcurve
-from rxte_hpc.manifest import ManifestRow, read_manifest
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.remote import RemoteArchive, fetch_command
-from rxte_hpc.sim import SimArchive, simulate_archive
-from rxte_hpc.status import read_record
+from rxte_hpc.core.config import load_config
+from rxte_hpc.archive.download import DownloadPolicy
+from rxte_hpc.core.errors import DataError, NoDataError, UsageError
+from rxte_hpc.fits.lcfile import read_lightcurve
+from rxte_hpc.core.manifest import ManifestRow, read_manifest
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.archive.remote import RemoteArchive, fetch_command
+from rxte_hpc.sim.simulate import SimArchive, simulate_archive
+from rxte_hpc.core.status import read_record
 
 FAST = DownloadPolicy(timeout_s=5, retries=6, backoff_s=0.01, backoff_max_s=0.05)
 ROOT = Path(__file__).resolve().parents[1]

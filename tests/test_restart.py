@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from rxte_hpc.lcfile import read_lightcurve
-from rxte_hpc.sim import simulate_archive
+from rxte_hpc.fits.lcfile import read_lightcurve
+from rxte_hpc.sim.simulate import simulate_archive
 
 N_OBS = 120
 

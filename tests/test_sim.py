@@ -11,9 +11,9 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from rxte_hpc.lcfile import read_lightcurve, read_timezero
-from rxte_hpc.obsid import ObsID
-from rxte_hpc.sim import (
+from rxte_hpc.fits.lcfile import read_lightcurve, read_timezero
+from rxte_hpc.core.obsid import ObsID
+from rxte_hpc.sim.simulate import (
     SimArchive, expected_background_rate, expected_source_rate, main_summary, prepare_obsid, simulate_archive,
 )
 
@@ -83,7 +83,7 @@ def test_layout_and_names(archive):
 
 
 def test_exposures_span_a_wide_range(tmp_path):
-    from rxte_hpc.sim import campaign
+    from rxte_hpc.sim.simulate import campaign
 
     exp = np.array([o.exposure_s for o in campaign(400, 1)])
     assert exp.min() < 500 and exp.max() > 8000 and 0.5 < np.mean((exp >= 750) & (exp <= 3000))

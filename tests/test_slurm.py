@@ -21,12 +21,12 @@ import pytest
 import yaml
 
 from rxte_hpc.cli import main
-from rxte_hpc.config import config_from_mapping, load_config
-from rxte_hpc.errors import ConfigError, UsageError
-from rxte_hpc.manifest import read_manifest
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.slurm import array_task_from_env, parse_max_array_size, read_jobs, scheduler_states
-from rxte_hpc.slurm_render import (
+from rxte_hpc.core.config import config_from_mapping, load_config
+from rxte_hpc.core.errors import ConfigError, UsageError
+from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.run.slurm.submit import array_task_from_env, parse_max_array_size, read_jobs, scheduler_states
+from rxte_hpc.run.slurm.render import (
     TEMPLATES,
     ArrayChunk,
     RenderInputs,
@@ -39,7 +39,7 @@ from rxte_hpc.slurm_render import (
     time_limit_seconds,
     validate_slurm,
 )
-from rxte_hpc.status import RunSummary, read_record
+from rxte_hpc.core.status import RunSummary, read_record
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).with_name("data")
@@ -100,7 +100,7 @@ def test_rendered_scripts_quote_and_omit():
 def test_templates_have_one_source_of_truth():
     for name in TEMPLATES:
         repo_copy = REPO / "slurm" / f"{name}.sbatch"
-        packaged = REPO / "rxte_hpc" / "templates" / f"{name}.sbatch"
+        packaged = REPO / "rxte_hpc" / "run" / "slurm" / "templates" / f"{name}.sbatch"
         assert repo_copy.read_text() == packaged.read_text(), f"slurm/{name}.sbatch differs from the packaged template"
 
 
@@ -454,7 +454,7 @@ def test_live_submit_mpi_one_allocation(slurm_cluster, sim_archive, tmp_path):
 
 
 def _record_many(run_dir: str, start: int) -> None:
-    from rxte_hpc.slurm import Submission, record_submission
+    from rxte_hpc.run.slurm.submit import Submission, record_submission
 
     for i in range(start, start + 10):
         record_submission(RunPaths(Path(run_dir)), Submission("array", str(i), "s", ("sbatch",), "now", "0-1", 0))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from rxte_hpc.errors import DataError, UsageError
+from rxte_hpc.core.errors import DataError, UsageError
 from rxte_hpc.extract.std2 import (
     DEFAULT_CHANNEL_MAP,
     DEFAULT_CPIX,

@@ -14,7 +14,7 @@ import pytest
 from astropy.io import fits
 
 from rxte_hpc.cli import main
-from rxte_hpc.lcfile import read_lightcurve
+from rxte_hpc.fits.lcfile import read_lightcurve
 
 DATA = Path(__file__).with_name("data")
 REAL = {"40012-01-01-00": (4, "xp4001201_e4_n2a.lc"), "50011-01-01-00": (5, "xp5001101_e5_n2a.lc")}

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from rxte_hpc.config import load_config
-from rxte_hpc.lcfile import read_lightcurve
-from rxte_hpc.manifest import read_manifest
-from rxte_hpc.paths import RunPaths
-from rxte_hpc.scratch import LOCK_NAME, PREFIX, reap_stale, task_workspace
-from rxte_hpc.status import RunSummary, StatusRecord, read_record
-from rxte_hpc.worker import run_task
+from rxte_hpc.core.config import load_config
+from rxte_hpc.fits.lcfile import read_lightcurve
+from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.scratch import LOCK_NAME, PREFIX, reap_stale, task_workspace
+from rxte_hpc.core.status import RunSummary, StatusRecord, read_record
+from rxte_hpc.run.worker import run_task
 from workerkit import factory, fake_curve, write_run
 
 KIT = Path(__file__).with_name("workerkit.py")

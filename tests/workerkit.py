@@ -16,14 +16,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rxte_hpc.config import load_config  # noqa: E402
-from rxte_hpc.errors import DataError  # noqa: E402
+from rxte_hpc.core.config import load_config  # noqa: E402
+from rxte_hpc.core.errors import DataError  # noqa: E402
 from rxte_hpc.extract.base import Extractor  # noqa: E402
-from rxte_hpc.lcfile import LightCurve  # noqa: E402
-from rxte_hpc.manifest import Observation, build_manifest, read_manifest  # noqa: E402
-from rxte_hpc.obsid import ObsID  # noqa: E402
-from rxte_hpc.paths import RunPaths  # noqa: E402
-from rxte_hpc.worker import run_task  # noqa: E402
+from rxte_hpc.fits.lcfile import LightCurve  # noqa: E402
+from rxte_hpc.core.manifest import Observation, build_manifest, read_manifest  # noqa: E402
+from rxte_hpc.core.obsid import ObsID  # noqa: E402
+from rxte_hpc.core.paths import RunPaths  # noqa: E402
+from rxte_hpc.run.worker import run_task  # noqa: E402
 
 OBSIDS = [f"{10000 + i:05d}-01-01-00" for i in range(12)]
 
@@ -91,7 +91,7 @@ if __name__ == "__main__":
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     cfg = load_config(config_path)
     manifest = read_manifest(RunPaths(cfg.run_dir).manifest)
-    from rxte_hpc.errors import Interrupted
+    from rxte_hpc.core.errors import Interrupted
 
     try:
         records = run_task(cfg, manifest, task, extractor_factory=factory(mode, seconds))

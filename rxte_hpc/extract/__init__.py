@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import UsageError
-from .base import ExtractContext, Extractor
+from rxte_hpc.core.errors import UsageError
+from rxte_hpc.extract.base import ExtractContext, Extractor
 
 _BACKENDS = {
     "stdprod": ("stdprod", "StdprodExtractor"),

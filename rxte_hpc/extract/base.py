@@ -14,12 +14,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, TextIO
 
-from ..archive import Archive
-from ..config import Config
-from ..lcfile import LightCurve
-from ..manifest import ManifestRow
-from ..paths import RunPaths
-from ..scratch import Workspace
+from rxte_hpc.archive.local import Archive
+from rxte_hpc.core.config import Config
+from rxte_hpc.fits.lcfile import LightCurve
+from rxte_hpc.core.manifest import ManifestRow
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.scratch import Workspace
 
 
 @dataclass(frozen=True)

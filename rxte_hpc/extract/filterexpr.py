@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from rxte_hpc.core.errors import DataError, UsageError
 
 # ---------------------------------------------------------------------------
 # Tokenizer

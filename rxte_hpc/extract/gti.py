@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..errors import DataError, UsageError
-from ..fsutil import atomic_path
-from ..lcfile import absolute_times
-from .filterexpr import FilterExpr, missing_columns_message, parse_filter
+from rxte_hpc.core.errors import DataError, UsageError
+from rxte_hpc.core.fsutil import atomic_path
+from rxte_hpc.fits.lcfile import absolute_times
+from rxte_hpc.extract.filterexpr import FilterExpr, missing_columns_message, parse_filter
 
 log = logging.getLogger(__name__)
 

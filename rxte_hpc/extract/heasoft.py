@@ -31,12 +31,12 @@ from typing import Mapping, Sequence, TextIO
 import numpy as np
 from astropy.io import fits
 
-from ..config import BandConfig
-from ..errors import DataError, NoDataError, SiteError, UsageError
-from ..lcfile import LightCurve, read_lightcurves, read_timezero, read_tstart
-from ..manifest import ManifestRow
-from ..scratch import Workspace, heasoft_env
-from .base import ExtractContext, Extractor
+from rxte_hpc.core.config import BandConfig
+from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
+from rxte_hpc.fits.lcfile import LightCurve, read_lightcurves, read_timezero, read_tstart
+from rxte_hpc.core.manifest import ManifestRow
+from rxte_hpc.core.scratch import Workspace, heasoft_env
+from rxte_hpc.extract.base import ExtractContext, Extractor
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,8 @@ class HeasoftExtractor(Extractor):
 
     def check_available(self) -> None:
         """HEASoft present, and the settings the tasks would reject valid, before any task starts."""
-        from .filterexpr import parse_filter
-        from .std2 import parse_layerlist, parse_pculist
+        from rxte_hpc.extract.filterexpr import parse_filter
+        from rxte_hpc.extract.std2 import parse_layerlist, parse_pculist
 
         self.headas()
         ex = self.context.config.extract
@@ -308,7 +308,7 @@ class HeasoftExtractor(Extractor):
 
     def _channels(self, band: BandConfig, first_std2: Path) -> tuple[str, str, dict]:
         """pcaextlc2's chmin/chmax for a band (INDEF for an open side) and header keywords saying so."""
-        from .std2 import parse_pculist, resolve_band
+        from rxte_hpc.extract.std2 import parse_pculist, resolve_band
 
         if band.energy_kev is None:
             chmin = "INDEF" if band.chmin is None else str(band.chmin)

@@ -20,18 +20,18 @@ from typing import Any, Mapping, Sequence, TextIO
 
 import numpy as np
 
-from ..archive import prepared_root
-from ..config import BandConfig
-from ..errors import DataError, NoDataError
-from ..lcfile import LightCurve, absolute_times, read_time_ref, read_timedel, read_timezero, read_tstart, read_tstop
-from ..manifest import ManifestRow
-from ..scratch import Workspace
-from .base import Extractor
-from .heasoft import run_pcaprepobsid
-from .filterexpr import FilterExpr, parse_filter
-from .gti import DEFAULT_FRACTION, intersect_gtis, intervals_from_flags, select_rows, union_gtis
-from .native_io import FitsTable, find_table, read_list, read_tables
-from .std2 import ChannelBand, bins_for_channels, channel_map_from_header, parse_layerlist, parse_pculist, resolve_band
+from rxte_hpc.archive.local import prepared_root
+from rxte_hpc.core.config import BandConfig
+from rxte_hpc.core.errors import DataError, NoDataError
+from rxte_hpc.fits.lcfile import LightCurve, absolute_times, read_time_ref, read_timedel, read_timezero, read_tstart, read_tstop
+from rxte_hpc.core.manifest import ManifestRow
+from rxte_hpc.core.scratch import Workspace
+from rxte_hpc.extract.base import Extractor
+from rxte_hpc.extract.heasoft import run_pcaprepobsid
+from rxte_hpc.extract.filterexpr import FilterExpr, parse_filter
+from rxte_hpc.extract.gti import DEFAULT_FRACTION, intersect_gtis, intervals_from_flags, select_rows, union_gtis
+from rxte_hpc.fits.tableio import FitsTable, find_table, read_list, read_tables
+from rxte_hpc.extract.std2 import ChannelBand, bins_for_channels, channel_map_from_header, parse_layerlist, parse_pculist, resolve_band
 
 log = logging.getLogger(__name__)
 

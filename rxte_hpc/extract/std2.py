@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from rxte_hpc.core.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 

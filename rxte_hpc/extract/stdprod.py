@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from ..lcfile import LightCurve, read_lightcurve
-from ..manifest import ManifestRow
-from ..obsid import STDPROD_BANDS
-from ..scratch import Workspace
-from .base import Extractor
+from rxte_hpc.fits.lcfile import LightCurve, read_lightcurve
+from rxte_hpc.core.manifest import ManifestRow
+from rxte_hpc.core.obsid import STDPROD_BANDS
+from rxte_hpc.core.scratch import Workspace
+from rxte_hpc.extract.base import Extractor
 
 
 class StdprodExtractor(Extractor):

@@ -33,7 +33,7 @@ REPO_ROOT = HEADAS_DIR.parent.parent
 
 
 def ensure_repo_importable() -> None:
-    """The stand-in uses rxte_hpc.sim/gti as its 'calibration'; make the repo importable."""
+    """The stand-in uses rxte_hpc.sim.simulate/gti as its 'calibration'; make the repo importable."""
     try:
         import rxte_hpc  # noqa: F401
     except ModuleNotFoundError:

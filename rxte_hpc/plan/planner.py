@@ -1,0 +1,338 @@
+"""Build the manifest from HEASARC TAP, a table file, or a scan of a local archive; describe, write, plot it.
+
+Every source yields the same `Observation` records and goes through the same
+checks (strict ObsIDs, cycle, proposal number, slews, exposure and time cuts,
+duplicates), so a TAP query, an exported table of the same rows and a scan
+agree. A malformed row fails the plan with its row number: an ObsID silently
+dropped at planning time would be a gap in the light curve nobody notices.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from astropy.table import Table
+
+from rxte_hpc import __version__
+from rxte_hpc.archive.local import ensure_simulated
+from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
+from rxte_hpc.core.errors import DataError, RxteError, UsageError
+from rxte_hpc.core.manifest import Manifest, Observation, build_manifest
+from rxte_hpc.core.obsid import InvalidObsID, ObsID, check_cycle, is_pointing
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.plan.tap import query_observations
+
+log = logging.getLogger(__name__)
+
+#: Seconds one ObsID takes through pcaprepobsid + maketime + pcaextlc2 (DESIGN.md: 10-20 s).
+HEASOFT_S_PER_OBSID = 15.0
+#: Column names accepted in table files (lower-cased) -> manifest field.
+_ALIASES = {"time": "time_mjd", "exposure": "exposure_s", "target": "target_name", "name": "target_name"}
+_FIELDS = ("obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec")
+_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".xml": "votable", ".vot": "votable",
+            ".votable": "votable", ".fits": "fits", ".fit": "fits", ".fts": "fits"}
+_FMI_NAME_COLUMNS = ("source", "target", "target_name", "object")
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is np.ma.masked or np.ma.is_masked(value)
+
+
+def _text(value: Any) -> str:
+    if _is_missing(value):
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace").strip()
+    return str(value).strip()
+
+
+def _number(value: Any) -> float:
+    if _is_missing(value):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def observations_from_table(table: Table, where: str, error: type[RxteError] = DataError) -> list[Observation]:
+    """Rows with obsid and cycle (and optionally prnb, target_name, time, exposure, ra, dec) -> Observations.
+
+    Column names are matched case-insensitively, xtemaster's `time`/`exposure`
+    stand for `time_mjd`/`exposure_s`. A bad row raises `error` naming the row.
+    """
+    columns: dict[str, str] = {}
+    for name in table.colnames:
+        key = name.strip().lower()
+        columns.setdefault(_ALIASES.get(key, key), name)
+    for needed in ("obsid", "cycle"):
+        if needed not in columns:
+            raise UsageError(f"{where}: no {needed!r} column (columns: {', '.join(table.colnames) or 'none'})")
+    present = [f for f in _FIELDS if f in columns]
+    out = []
+    for i, rec in enumerate(table, start=1):
+        values = {f: rec[columns[f]] for f in present}
+        raw_obsid = _text(values["obsid"])
+        try:
+            obsid = ObsID.parse(raw_obsid)
+            if _is_missing(values["cycle"]):
+                raise InvalidObsID("no AO cycle")
+            cycle = check_cycle(values["cycle"])
+            if "prnb" in values and not _is_missing(values["prnb"]) and int(values["prnb"]) != obsid.prnb:
+                raise InvalidObsID(f"prnb {values['prnb']} disagrees with the ObsID's proposal {obsid.proposal}")
+        except (InvalidObsID, TypeError, ValueError) as exc:
+            raise error(f"{where}: row {i} (obsid {raw_obsid!r}): {exc}") from None
+        out.append(
+            Observation(
+                obsid,
+                cycle,
+                target_name=_text(values.get("target_name")),
+                time_mjd=_number(values.get("time_mjd")),
+                exposure_s=_number(values.get("exposure_s")),
+                ra=_number(values.get("ra")),
+                dec=_number(values.get("dec")),
+            )
+        )
+    return out
+
+
+def read_table_file(path: Path) -> Table:
+    """CSV, ECSV, VOTable or FITS table, by extension; a file that is not one is a one-line error."""
+    suffixes = [s.lower() for s in path.suffixes]
+    ext = suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+    fmt = _FORMATS.get(ext)
+    if not path.is_file():
+        raise UsageError(f"{path}: source.path does not exist or is not a file")
+    if fmt is None:
+        raise UsageError(f"{path}: unknown table format {ext or '(no extension)'!r}; use .csv, .ecsv, .xml/.vot, or .fits")
+    try:
+        return Table.read(path, format=fmt)
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:  # what astropy's readers raise on bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{path}: not a readable {fmt} table ({type(exc).__name__}: {reason[:160]})") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fmi_info(obsid_dir: Path) -> tuple[float, float, str]:
+    """(start MJD, span s, target name) from the ObsID's FMI, NaN/'' where it says nothing."""
+    from astropy.io import fits
+
+    from rxte_hpc.fits.lcfile import absolute_times, read_time_ref
+
+    fmi = next((p for p in (obsid_dir / "FMI", obsid_dir / "FMI.gz") if p.is_file()), None)
+    if fmi is None:
+        return math.nan, math.nan, ""
+    try:
+        with fits.open(fmi) as hdus:
+            hdu = hdus["XTE_MI"] if "XTE_MI" in hdus else hdus[1]
+            names = {n.lower(): n for n in hdu.columns.names}
+            row = hdu.data[0]
+            start = absolute_times(float(row[names["startmet"]]), hdu.header)
+            stop = absolute_times(float(row[names["stopmet"]]), hdu.header)
+            time_mjd = float(read_time_ref(hdu.header).mjd(start))
+            target = next((_text(row[names[c]]) for c in _FMI_NAME_COLUMNS if c in names), "")
+            target = target or _text(hdu.header.get("OBJECT")) or _text(hdus[0].header.get("OBJECT"))
+    except (OSError, KeyError, IndexError, TypeError, ValueError, DataError) as exc:
+        log.warning("%s: FMI unreadable (%s); time and exposure unknown", fmi, exc)
+        return math.nan, math.nan, ""
+    return time_mjd, float(stop - start), target
+
+
+def _filter_file_target(obsid_dir: Path, obsid: ObsID) -> str:
+    from astropy.io import fits
+
+    path = obsid_dir / "stdprod" / obsid.filter_file_name()
+    try:
+        with fits.open(path) as hdus:
+            return next((_text(h.header.get("OBJECT")) for h in hdus if _text(h.header.get("OBJECT"))), "")
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
+def scan_archive(root: Path) -> list[Observation]:
+    """Every `AO*/P*/<obsid>` directory under a local archive root, with FMI times where readable.
+
+    The exposure is the FMI's StopMET - StartMET: the pointing's span, an upper
+    bound on good time, but right in proportion for balancing tasks.
+    """
+    found = []
+    for ao in sorted(root.glob("AO*")):
+        try:
+            cycle = check_cycle(ao.name[2:])
+        except InvalidObsID:
+            continue
+        for prop in sorted(p for p in ao.glob("P*") if p.is_dir()):
+            for entry in sorted(os.scandir(prop), key=lambda e: e.name):
+                if not entry.is_dir():
+                    continue
+                try:
+                    obsid = ObsID.parse(entry.name)
+                except InvalidObsID:
+                    log.warning("%s: not an ObsID directory, skipped", entry.path)
+                    continue
+                time_mjd, span, target = _fmi_info(Path(entry.path))
+                target = target or _filter_file_target(Path(entry.path), obsid)
+                found.append(Observation(obsid, cycle, target, time_mjd, span))
+    return found
+
+
+def _angular_sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    cos_sep = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(r1 - r2)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos_sep))))
+
+
+def select(observations: Iterable[Observation], config: Config) -> tuple[list[Observation], dict[str, int]]:
+    """Apply the plan's cuts where the values are known; count what each cut removed.
+
+    Slews/scans have no pointed data; exposure must exceed source.min_exposure_s;
+    time must lie in source.time_range_mjd; with target.ra/dec configured, rows
+    with a position must lie in the cone. Unknown (NaN) values pass, since the
+    archive scan cannot always know them. The first of duplicate ObsIDs is kept.
+    """
+    src, tgt = config.source, config.target
+    cone = (tgt.ra, tgt.dec, tgt.radius_deg) if tgt.ra is not None and tgt.dec is not None else None
+    dropped = {"duplicate": 0, "slew": 0, "exposure": 0, "time_range": 0, "cone": 0}
+    seen: set[ObsID] = set()
+    kept = []
+    for obs in observations:
+        if obs.obsid in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(obs.obsid)
+        if not is_pointing(obs.obsid):
+            dropped["slew"] += 1
+        elif math.isfinite(obs.exposure_s) and not obs.exposure_s > src.min_exposure_s:
+            dropped["exposure"] += 1
+        elif src.time_range_mjd and math.isfinite(obs.time_mjd) and not (
+            src.time_range_mjd[0] <= obs.time_mjd <= src.time_range_mjd[1]
+        ):
+            dropped["time_range"] += 1
+        elif cone and math.isfinite(obs.ra) and math.isfinite(obs.dec) and (
+            _angular_sep_deg(obs.ra, obs.dec, cone[0], cone[1]) > cone[2]
+        ):
+            dropped["cone"] += 1
+        else:
+            kept.append(obs)
+    for why, n in dropped.items():
+        if n:
+            log.info("plan: %d ObsID(s) dropped (%s)", n, why)
+    return kept, dropped
+
+
+def _source(config: Config) -> tuple[list[Observation], dict[str, Any], str]:
+    """Observations, the source's manifest metadata, and how to name it in messages."""
+    src = config.source
+    if src.kind == "tap":
+        result = query_observations(config)
+        obs = observations_from_table(result.table, f"TAP {result.service}", DataError)
+        return obs, result.meta(), f"the TAP query {result.adql}"
+    if src.kind == "table":
+        path = Path(src.path)  # type: ignore[arg-type] - the config requires it for kind: table
+        table = read_table_file(path)
+        obs = observations_from_table(table, str(path), UsageError)
+        return obs, {"kind": "table", "path": str(path), "sha256": _sha256(path), "n_rows": len(table)}, str(path)
+    root = Path(ensure_simulated(config, RunPaths(config.run_dir)) if config.archive.root == ARCHIVE_SIMULATED
+                else config.archive.root)
+    if not root.is_dir():
+        raise UsageError(f"{config.path}: archive.root {str(root)!r} is not a directory (source.kind: archive)")
+    obs = scan_archive(root)
+    return obs, {"kind": "archive", "root": str(root), "n_rows": len(obs)}, f"archive {root}"
+
+
+def plan(config: Config) -> Manifest:
+    """Build the manifest for a config (nothing is written): source, cuts, balanced tasks, metadata."""
+    observations, source_meta, described = _source(config)
+    kept, dropped = select(observations, config)
+    if not kept:
+        raise UsageError(f"{config.path}: no ObsIDs left to plan from {described} (dropped: {dropped})")
+    meta = {
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": config.hash(),
+        "source": {**source_meta, "dropped": dropped},
+    }
+    return build_manifest(kept, config.tasks.obs_per_task, meta)
+
+
+def _makespan(durations: Sequence[float], workers: int) -> float:
+    """Wall time of running the tasks on `workers` slots, longest first (what a scheduler roughly does)."""
+    loads = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        i = loads.index(min(loads))
+        loads[i] += d
+    return max(loads, default=0.0)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def describe_plan(config: Config, manifest: Manifest, workers: int | None = None) -> str:
+    """What `plan --dry-run` prints: the source, counts, exposure, and serial vs parallel HEASoft time."""
+    src = manifest.meta.get("source", {})
+    lines = []
+    if src.get("kind") == "tap":
+        lines += [f"source: TAP {src.get('service')} (maxrec {src.get('maxrec')}, {src.get('n_rows')} rows, "
+                  f"status {src.get('query_status')})", f"ADQL: {src.get('adql')}"]
+    elif src.get("kind") == "table":
+        lines.append(f"source: table {src.get('path')} (sha256 {str(src.get('sha256'))[:16]}, {src.get('n_rows')} rows)")
+    else:
+        lines.append(f"source: archive scan of {src.get('root')} ({src.get('n_rows')} ObsID directories)")
+    dropped = {k: v for k, v in dict(src.get("dropped", {})).items() if v}
+    if dropped:
+        lines.append("dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
+    n_obs, n_tasks = len(manifest.rows), manifest.n_tasks
+    exposures = np.array([r.exposure_s for r in manifest.rows], dtype=float)
+    known = np.isfinite(exposures)
+    per_task = np.bincount([r.task for r in manifest.rows], minlength=n_tasks)
+    lines.append(f"ObsIDs: {n_obs} in {n_tasks} tasks (obs_per_task {manifest.meta.get('obs_per_task')}; "
+                 f"{per_task.min()}-{per_task.max()} per task, balanced by exposure)")
+    total = f"total exposure: {exposures[known].sum() / 1e3:.1f} ks"
+    lines.append(total + (f" ({int((~known).sum())} ObsIDs unknown)" if not known.all() else ""))
+    times = np.array([r.time_mjd for r in manifest.rows], dtype=float)
+    if np.isfinite(times).any():
+        lines.append(f"time span: MJD {np.nanmin(times):.2f} to {np.nanmax(times):.2f}")
+    loads = manifest.task_exposures()
+    if n_tasks > 1 and min(loads) > 0:
+        lines.append(f"task exposure: heaviest/lightest {max(loads) / min(loads):.3f}")
+    width = workers or n_tasks
+    counts = per_task * HEASOFT_S_PER_OBSID
+    serial = n_obs * HEASOFT_S_PER_OBSID
+    parallel = _makespan(list(counts), width)
+    lines.append(f"serial HEASoft estimate: {n_obs} x {HEASOFT_S_PER_OBSID:g} s = {_hours(serial)}")
+    lines.append(f"parallel estimate at width {width}: {_hours(parallel)} (x{serial / parallel:.1f})")
+    return "\n".join(lines)
+
+
+def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -> Path:
+    """Publish <run_dir>/manifest.ecsv atomically; refuse to replace it once tasks have run.
+
+    Status records refer to the manifest's task numbers: a new plan under them
+    would silently remap which array index does which ObsID.
+    """
+    paths = RunPaths(config.run_dir)
+    ran = sorted(paths.status_dir.glob("*.json")) if paths.status_dir.is_dir() else []
+    if ran and not force:
+        raise UsageError(
+            f"{paths.manifest}: tasks already ran ({len(ran)} status records in {paths.status_dir}); "
+            "the manifest is immutable once tasks started. Use a new run_dir, or --force to replace it"
+        )
+    if ran and force:
+        log.warning("replacing %s although %d status records exist (--force)", paths.manifest, len(ran))
+    manifest.write(paths.manifest)
+    log.info("wrote %s: %d ObsIDs in %d tasks", paths.manifest, len(manifest.rows), manifest.n_tasks)
+    return paths.manifest

@@ -1,0 +1,528 @@
+"""Merge per-ObsID light curves into one OGIP light curve per band (plus hardness ratios).
+
+The traps of merging (LESSONS.md "Merging light curves") decide the shape:
+every time goes through `lcfile` and onto one MJDREF by exact offsets, one
+TIMEDEL or an error, the inputs' GTIs are unioned, each row keeps its ObsID,
+and rows of two ObsIDs in the same time bin are reported and kept, never
+averaged. Files are read one at a time into lists of small arrays that are
+concatenated once, so memory follows the merged size, not the file count.
+The pure part (`merge_lightcurves`, `hardness_ratio`) works on `LightCurve`
+objects and is tested without files; `run_gather` adds the run directory.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from astropy.io import fits
+
+from rxte_hpc import __version__
+from rxte_hpc.core.config import BandConfig, Config
+from rxte_hpc.core.errors import DataError, SiteError
+from rxte_hpc.core.fsutil import atomic_path
+from rxte_hpc.fits.lcfile import LightCurve, TimeRef, bins_as_gti, lightcurve_hdulist, read_lightcurves, time_cards
+from rxte_hpc.core.manifest import Manifest, read_manifest
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.status import MISSING, RunSummary
+
+log = logging.getLogger(__name__)
+
+#: Columns carried into the merged curve only when every input has them.
+OPTIONAL_COLUMNS = ("BACKV", "BACKE", "LiveTime")
+#: Light-curve keywords carried when every input agrees on them (per-ObsID ones like ONTIME are not).
+CARRIED_KEYWORDS = (
+    "TELESCOP", "INSTRUME", "OBJECT", "HDUCLAS2", "BACKAPP", "DEADAPP", "VIGNAPP", "CLOCKAPP",
+    "TIMEREF", "TASSIGN", "CHMIN", "CHMAX", "MINCHAN", "MAXCHAN",
+)
+#: Two bins closer than TIMEDEL minus this (s) share time; float noise at ~3e8 s is ~1e-7 s.
+OVERLAP_TOLERANCE_S = 1e-6
+#: How many ObsIDs a one-line summary names before it says "+N more".
+SUMMARY_LIST = 5
+#: OBSIDS-extension states (DESIGN: interrupted/running/missing all mean "not there yet").
+OUT_STATES = {"done": "used", "failed": "failed", "no_data": "no_data", MISSING: "missing",
+              "interrupted": "missing", "running": "missing"}
+
+
+@dataclass(frozen=True)
+class MergedCurve:
+    """A merged light curve plus what the merge noticed.
+
+    `curve.columns['OBSID']` names the ObsID of each row; `overlaps` lists the
+    ObsID pairs with rows in the same time bin, `n_overlap_rows` how many row
+    pairs (of two ObsIDs) share time.
+    """
+
+    curve: LightCurve
+    obsids: tuple[str, ...]
+    n_nan: int
+    overlaps: tuple[tuple[str, str], ...]
+    n_overlap_rows: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.curve.n_rows
+
+
+@dataclass(frozen=True)
+class HardnessCurve:
+    """H/S and (H-S)/(H+S) with propagated 1-sigma errors, where both rates are > 0 and finite."""
+
+    time: np.ndarray
+    obsid: np.ndarray
+    ratio: np.ndarray
+    ratio_error: np.ndarray
+    hr: np.ndarray
+    hr_error: np.ndarray
+    ref: TimeRef
+    timedel: float
+    hard: str
+    soft: str
+
+
+@dataclass(frozen=True)
+class GatherResult:
+    outputs: tuple[Path, ...]
+    plot: Path | None
+    n_used: int
+    n_missing: int
+    n_failed: int
+    n_no_data: int
+    n_rows: int  # summed over band files
+    n_nan: int  # summed over band files
+    overlaps: int  # row pairs of two ObsIDs sharing a time bin, summed over band files
+    exit_code: int
+    summary: str  # one line for the CLI
+
+
+@dataclass(frozen=True)
+class ObsOutcome:
+    """One manifest ObsID's fate in this gather (one row of the OBSIDS extension)."""
+
+    obsid: str
+    task: int
+    state: str  # used | failed | missing | no_data
+    error: str = ""
+    n_rows: int = 0
+
+
+class CurveAccumulator:
+    """Collects per-ObsID curves as small arrays; `finish()` concatenates once and sorts.
+
+    Mutable on purpose (a builder): holding lists of arrays instead of
+    `LightCurve` objects drops each file's header and keywords as soon as it is read.
+    """
+
+    def __init__(self) -> None:
+        self.ref: TimeRef | None = None
+        self.obsids: list[str] = []
+        self.timedels: dict[float, list[str]] = {}
+        self.parts: dict[str, list[np.ndarray]] = {"TIME": [], "RATE": [], "ERROR": [], "FRACEXP": []}
+        self.optional: dict[str, list[np.ndarray]] | None = None
+        self.codes: list[np.ndarray] = []
+        self.gtis: list[np.ndarray] = []
+        self.keywords: dict[str, Any] | None = None
+
+    def add(self, obsid: str, lc: LightCurve) -> None:
+        if self.ref is None:
+            self.ref = lc.ref
+        elif lc.ref.timesys.upper() != self.ref.timesys.upper():
+            raise DataError(
+                f"{obsid}: TIMESYS {lc.ref.timesys} differs from {self.obsids[0]}'s {self.ref.timesys}; "
+                "times in different systems are not a constant offset apart"
+            )
+        offset = lc.ref.seconds_to(self.ref)
+        time = lc.time + offset if offset else np.asarray(lc.time, dtype=np.float64)
+        gti = lc.gti if lc.gti is not None and len(lc.gti) else bins_as_gti(lc.time, lc.timedel)
+        self.gtis.append(gti + offset if offset else gti)
+        self.timedels.setdefault(float(lc.timedel), []).append(obsid)
+        for name, values in (("TIME", time), ("RATE", lc.rate), ("ERROR", lc.error), ("FRACEXP", lc.fracexp)):
+            self.parts[name].append(np.asarray(values, dtype=np.float64))
+        present = [c for c in OPTIONAL_COLUMNS if c in lc.columns]
+        if self.optional is None:
+            self.optional = {c: [] for c in present}
+        for name in list(self.optional):
+            if name in lc.columns:
+                self.optional[name].append(np.asarray(lc.columns[name]))
+            else:
+                del self.optional[name]
+        self.codes.append(np.full(lc.n_rows, len(self.obsids), dtype=np.int32))
+        self.obsids.append(obsid)
+        carried = {k: lc.keywords[k] for k in CARRIED_KEYWORDS if k in lc.keywords}
+        if self.keywords is None:
+            self.keywords = carried
+        else:
+            self.keywords = {k: v for k, v in self.keywords.items() if carried.get(k) == v}
+
+    def finish(self, name: str = "RATE") -> MergedCurve:
+        if not self.obsids or self.ref is None:
+            raise DataError("nothing to merge: no usable per-ObsID light curve")
+        timedel = _one_timedel(self.timedels)
+        codes = np.concatenate(self.codes)
+        time = np.concatenate(self.parts["TIME"])
+        names = np.array(self.obsids)
+        rank = np.empty(len(names), dtype=np.int32)
+        rank[np.argsort(names, kind="stable")] = np.arange(len(names), dtype=np.int32)
+        # lexsort is stable: equal TIME goes by ObsID, equal both keeps input order
+        order = np.lexsort((rank[codes], time))
+        time = time[order]
+        codes = codes[order]
+        columns: dict[str, np.ndarray] = {"OBSID": names.astype("S")[codes]}
+        for col, parts in (self.optional or {}).items():
+            columns[col] = np.concatenate(parts)[order]
+        rate = np.concatenate(self.parts["RATE"])[order]
+        curve = LightCurve(
+            time=time,
+            rate=rate,
+            error=np.concatenate(self.parts["ERROR"])[order],
+            fracexp=np.concatenate(self.parts["FRACEXP"])[order],
+            timedel=timedel,
+            ref=self.ref,
+            columns=columns,
+            gti=gti_union(self.gtis),
+            name=name,
+            keywords=dict(self.keywords or {}),
+        )
+        pairs, n_overlap = find_overlaps(time, codes, timedel, names)
+        return MergedCurve(curve, tuple(self.obsids), int(np.count_nonzero(~np.isfinite(rate))), pairs, n_overlap)
+
+
+def merge_lightcurves(curves: Iterable[tuple[str, LightCurve]], name: str = "RATE") -> MergedCurve:
+    """Merge (obsid, light curve) pairs onto the first curve's time reference.
+
+    Sorted by TIME, ties by ObsID; NaN rates kept; overlaps reported, not
+    averaged. DataError when TIMEDELs or TIMESYSs differ, or nothing is given.
+    """
+    acc = CurveAccumulator()
+    for obsid, lc in curves:
+        acc.add(obsid, lc)
+    return acc.finish(name)
+
+
+def _one_timedel(timedels: Mapping[float, list[str]]) -> float:
+    if len(timedels) == 1:
+        return next(iter(timedels))
+    common = max(timedels, key=lambda t: len(timedels[t]))
+    odd = "; ".join(f"TIMEDEL {t:g} s: {_first_few(ids)}" for t, ids in timedels.items() if t != common)
+    raise DataError(
+        f"light curves have different bin sizes: {len(timedels[common])} ObsIDs have TIMEDEL {common:g} s, but {odd}. "
+        "Re-extract them with one extract.binsz (rxte-hpc work --obsid ID --force)"
+    )
+
+
+def find_overlaps(
+    time: np.ndarray, codes: np.ndarray, timedel: float, names: np.ndarray
+) -> tuple[tuple[tuple[str, str], ...], int]:
+    """ObsID pairs with rows whose bins [t, t+TIMEDEL) intersect, and how many such row pairs.
+
+    `time` is sorted, so the rows that start less than one bin before row i form
+    the window start[i]..i-1; its depth is the number of ObsIDs stacked on one
+    bin (1 or 2 in practice), which bounds the loop.
+    """
+    n = len(time)
+    if n < 2:
+        return (), 0
+    start = np.searchsorted(time, time - (timedel - OVERLAP_TOLERANCE_S), side="right")
+    depth = int(np.max(np.arange(n) - start))
+    pairs: set[tuple[str, str]] = set()
+    count = 0
+    for k in range(1, depth + 1):
+        i = np.arange(k, n)
+        hit = i[(i - k >= start[k:]) & (codes[k:] != codes[:-k])]
+        count += len(hit)
+        for a, b in {(int(codes[j]), int(codes[j - k])) for j in hit}:
+            pairs.add(tuple(sorted((str(names[a]), str(names[b])))))  # type: ignore[arg-type]
+    return tuple(sorted(pairs)), count
+
+
+def gti_union(gtis: Sequence[np.ndarray]) -> np.ndarray:
+    """Union of (n, 2) interval arrays; touching intervals are joined."""
+    parts = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in gtis]
+    g = np.concatenate(parts) if parts else np.zeros((0, 2))
+    if not len(g):
+        return g
+    g = g[np.argsort(g[:, 0], kind="stable")]
+    ends = np.maximum.accumulate(g[:, 1])
+    new = np.concatenate([[True], g[1:, 0] > ends[:-1]])
+    first = np.nonzero(new)[0]
+    last = np.concatenate([first[1:] - 1, [len(g) - 1]])
+    return np.column_stack([g[first, 0], ends[last]])
+
+
+def hardness_ratio(hard: LightCurve, soft: LightCurve, hard_name: str = "hard", soft_name: str = "soft") -> HardnessCurve:
+    """RATIO = H/S and HR = (H-S)/(H+S) on rows matched by exact TIME and ObsID.
+
+    Rows where either rate is zero, negative or not finite are left out: a
+    net (background-subtracted) rate can be <= 0 and the ratio means nothing there.
+    """
+    if hard.ref != soft.ref:
+        raise DataError(f"bands {hard_name} and {soft_name} are on different time references")
+
+    def keys(lc: LightCurve) -> np.ndarray:
+        out = np.empty(lc.n_rows, dtype=[("t", "f8"), ("o", "S32")])
+        out["t"] = lc.time
+        out["o"] = lc.columns["OBSID"]
+        return out
+
+    kh, ks = keys(hard), keys(soft)
+    _, ih, is_ = np.intersect1d(kh, ks, assume_unique=False, return_indices=True)
+    h, s = hard.rate[ih], soft.rate[is_]
+    eh, es = hard.error[ih], soft.error[is_]
+    good = np.isfinite(h) & np.isfinite(s) & (h > 0) & (s > 0) & np.isfinite(eh) & np.isfinite(es)
+    ih, is_, h, s, eh, es = ih[good], is_[good], h[good], s[good], eh[good], es[good]
+    order = np.lexsort((kh["o"][ih], kh["t"][ih]))
+    ih, h, s, eh, es = ih[order], h[order], s[order], eh[order], es[order]
+    ratio = h / s
+    total = h + s
+    return HardnessCurve(
+        time=hard.time[ih],
+        obsid=np.asarray(hard.columns["OBSID"])[ih],
+        ratio=ratio,
+        ratio_error=ratio * np.hypot(eh / h, es / s),
+        hr=(h - s) / total,
+        hr_error=2.0 * np.hypot(s * eh, h * es) / total**2,
+        ref=hard.ref,
+        timedel=hard.timedel,
+        hard=hard_name,
+        soft=soft_name,
+    )
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifest | None = None) -> GatherResult:
+    """`rxte-hpc gather`: merge every `done` ObsID of the run into `<run_dir>/<gather.output>`.
+
+    Missing or failed ObsIDs (including unreadable light curves) still give an
+    output, but exit code 1 unless `allow_missing`. Nothing usable -> DataError,
+    nothing written.
+    """
+    paths = RunPaths(config.run_dir)
+    manifest = manifest if manifest is not None else read_manifest(paths.manifest)
+    summary = RunSummary.collect(manifest, paths, config.hash())
+    bands = config.extract.band_list()
+    accs = {b.name: CurveAccumulator() for b in bands}
+    outcomes: list[ObsOutcome] = []
+    for st in summary.states:
+        state = OUT_STATES[st.state]
+        error = (st.record.error or "") if st.record is not None and state != "used" else ""
+        if st.state in ("interrupted", "running"):
+            error = f"{st.state}: {error}".rstrip(": ")
+        if state != "used":
+            outcomes.append(ObsOutcome(st.obsid, st.task, state, error))
+            continue
+        try:
+            chosen = _band_curves(read_lightcurves(paths.lc(st.obsid)), bands, str(paths.lc(st.obsid)))
+        except DataError as exc:
+            log.warning("%s: unreadable light curve, counted as failed (%s)", st.obsid, exc)
+            outcomes.append(ObsOutcome(st.obsid, st.task, "failed", f"gather: {exc}"))
+            continue
+        for band, lc in zip(bands, chosen):
+            accs[band.name].add(st.obsid, lc)
+        outcomes.append(ObsOutcome(st.obsid, st.task, "used", n_rows=chosen[0].n_rows))
+    counts = {s: sum(1 for o in outcomes if o.state == s) for s in ("used", "failed", "missing", "no_data")}
+    if not counts["used"]:
+        raise DataError(f"nothing to merge in {paths.root}: no ObsID is done ({_state_text(outcomes)})")
+    merged = {name: acc.finish("RATE") for name, acc in accs.items()}
+    del accs
+
+    provenance = _provenance(config, manifest, counts)
+    outputs: list[Path] = []
+    for band in bands:
+        target = paths.output(_band_file(config.gather.output, band.name, len(bands)))
+        _write_merged(target, merged[band.name], band, provenance, outcomes, config)
+        outputs.append(target)
+    ratios = []
+    for hard, soft in config.gather.hardness or ():
+        hc = hardness_ratio(merged[hard].curve, merged[soft].curve, hard, soft)
+        target = paths.output(f"hardness_{hard}_{soft}.fits")
+        _write_hardness(target, hc, provenance)
+        outputs.append(target)
+        ratios.append(hc)
+    plot = _plot(paths.output(config.gather.plot), merged, ratios, manifest, outcomes, bands)
+
+    failed = [o.obsid for o in outcomes if o.state == "failed"]
+    missing = [o.obsid for o in outcomes if o.state == "missing"]
+    first = merged[bands[0].name]
+    overlaps = sum(m.n_overlap_rows for m in merged.values())
+    exit_code = 1 if (failed or missing) and not allow_missing else 0
+    each = " per band" if len(bands) > 1 else ""  # bands share bins and live time: same rows, same NaNs
+    parts = [f"merged {counts['used']} ObsIDs ({first.n_rows} rows, {first.n_nan} NaN{each}) into "
+             + ", ".join(p.name for p in outputs)]
+    if missing:
+        parts.append(f"{len(missing)} missing: {_first_few(missing)}")
+    if failed:
+        parts.append(f"{len(failed)} failed: {_first_few(failed)}")
+    if counts["no_data"]:
+        parts.append(f"{counts['no_data']} no_data")
+    if first.overlaps:
+        parts.append(f"{first.n_overlap_rows} rows share a time bin with another ObsID: "
+                     + _first_few(["/".join(p) for p in first.overlaps]))
+    if plot is None:
+        parts.append("no plot")
+    if (failed or missing) and allow_missing:
+        parts.append("allowed (--allow-missing)")
+    line = "; ".join(parts)
+    (log.warning if exit_code else log.info)("%s", line)
+    return GatherResult(
+        outputs=tuple(outputs),
+        plot=plot,
+        n_used=counts["used"],
+        n_missing=counts["missing"],
+        n_failed=counts["failed"],
+        n_no_data=counts["no_data"],
+        n_rows=sum(m.n_rows for m in merged.values()),
+        n_nan=sum(m.n_nan for m in merged.values()),
+        overlaps=overlaps,
+        exit_code=exit_code,
+        summary=line,
+    )
+
+
+def _band_curves(curves: list[LightCurve], bands: Sequence[BandConfig], where: str) -> list[LightCurve]:
+    """The file's curve for each configured band; one band takes the first extension whatever its name."""
+    if len(bands) == 1:
+        return [curves[0]]
+    by_name = {c.name.upper(): c for c in curves}
+    missing = [b.name for b in bands if b.name.upper() not in by_name]
+    if missing:
+        raise DataError(f"{where}: no extension for band {missing[0]!r} (has {', '.join(by_name)})")
+    return [by_name[b.name.upper()] for b in bands]
+
+
+def _band_file(output: str, band: str, n_bands: int) -> str:
+    if n_bands == 1:
+        return output
+    stem, dot, suffix = output.rpartition(".")
+    return f"{stem}_{band}.{suffix}" if dot and stem else f"{output}_{band}"
+
+
+def _first_few(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:SUMMARY_LIST])
+    return shown + (f", ... (+{len(items) - SUMMARY_LIST} more)" if len(items) > SUMMARY_LIST else "")
+
+
+def _state_text(outcomes: Sequence[ObsOutcome]) -> str:
+    states: dict[str, int] = {}
+    for o in outcomes:
+        states[o.state] = states.get(o.state, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "empty manifest"
+
+
+def _provenance(config: Config, manifest: Manifest, counts: Mapping[str, int]) -> dict[str, Any]:
+    return {
+        "CREATOR": (f"rxte-hpc {__version__}", "tool that merged the light curves"),
+        "CONFHASH": (config.hash(), "hash of the extraction config"),
+        "MANIFEST": (manifest.digest(), "digest of manifest.ecsv"),
+        "BACKEND": (config.extract.backend, "extractor of the per-ObsID light curves"),
+        "N_USED": (counts["used"], "ObsIDs merged"),
+        "N_MISS": (counts["missing"], "ObsIDs not extracted (yet) or interrupted"),
+        "N_FAILED": (counts["failed"], "ObsIDs that failed or were unreadable"),
+        "N_NODATA": (counts["no_data"], "ObsIDs with nothing to extract"),
+    }
+
+
+def _band_keywords(band: BandConfig, config: Config) -> dict[str, Any]:
+    out: dict[str, Any] = {"BANDNAME": (band.name, "band name in extract.bands")}
+    if band.chmin is not None and band.chmax is not None:
+        out["CHMIN"] = (band.chmin, "lowest absolute PCA channel")
+        out["CHMAX"] = (band.chmax, "highest absolute PCA channel")
+        out["BAND"] = (band.describe(), "channel band")
+    elif band.energy_kev is not None:
+        out["E_MIN"] = (band.energy_kev[0], "[keV] low energy of the band")
+        out["E_MAX"] = (band.energy_kev[1], "[keV] high energy of the band")
+        out["BAND"] = (band.describe(), "energy band")
+    elif config.extract.backend == "stdprod":
+        out["BAND"] = (f"stdprod band {config.extract.stdprod_band}", "standard-product band")
+    return out
+
+
+def _write_merged(
+    target: Path, merged: MergedCurve, band: BandConfig, provenance: Mapping[str, Any],
+    outcomes: Sequence[ObsOutcome], config: Config,
+) -> None:
+    primary = {**provenance, **_band_keywords(band, config)}
+    primary["N_ROWS"] = (merged.n_rows, "rows in the merged light curve")
+    primary["N_NAN"] = (merged.n_nan, "rows with a NaN rate (no PCU on), kept")
+    primary["OVERLAPS"] = (merged.n_overlap_rows, "row pairs of two ObsIDs in one time bin, kept")
+    hdul = lightcurve_hdulist([merged.curve], primary, extra_hdus=[_obsids_hdu(outcomes)])
+    for a, b in merged.overlaps[:50]:
+        hdul[0].header.add_comment(f"overlap: ObsIDs {a} and {b} have rows in the same time bin")
+    _write_hdul(target, hdul)
+
+
+def _obsids_hdu(outcomes: Sequence[ObsOutcome]) -> fits.BinTableHDU:
+    cols = [
+        fits.Column("OBSID", "16A", array=[o.obsid for o in outcomes]),
+        fits.Column("TASK", "K", array=np.array([o.task for o in outcomes], dtype=np.int64)),
+        fits.Column("STATE", "8A", array=[o.state for o in outcomes]),
+        fits.Column("N_ROWS", "K", array=np.array([o.n_rows for o in outcomes], dtype=np.int64)),
+        fits.Column("ERROR", f"{max([1, *(len(o.error) for o in outcomes)])}A", array=[o.error for o in outcomes]),
+    ]
+    hdu = fits.BinTableHDU.from_columns(cols, name="OBSIDS")
+    hdu.header["COMMENT"] = "every manifest ObsID: used, failed, missing or no_data, with the error"
+    return hdu
+
+
+def _write_hardness(target: Path, hc: HardnessCurve, provenance: Mapping[str, Any]) -> None:
+    primary = fits.PrimaryHDU()
+    for key, value in provenance.items():
+        primary.header[key] = value
+    primary.header["HARD"] = (hc.hard, "band in the numerator")
+    primary.header["SOFT"] = (hc.soft, "band in the denominator")
+    width = max(1, int(hc.obsid.dtype.itemsize))
+    table = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("TIME", "D", unit="s", array=hc.time),
+            fits.Column("RATIO", "D", array=hc.ratio),
+            fits.Column("RATIO_ERR", "D", array=hc.ratio_error),
+            fits.Column("HR", "D", array=hc.hr),
+            fits.Column("HR_ERR", "D", array=hc.hr_error),
+            fits.Column("OBSID", f"{width}A", array=hc.obsid),
+        ],
+        name="HARDNESS",
+    )
+    tstart = float(hc.time[0]) if len(hc.time) else 0.0
+    tstop = float(hc.time[-1] + hc.timedel) if len(hc.time) else 0.0
+    for key, value, comment in time_cards(hc.ref, tstart=tstart, tstop=tstop, timedel=hc.timedel, split=True):
+        table.header[key] = (value, comment)
+    table.header["COMMENT"] = f"RATIO = {hc.hard}/{hc.soft}, HR = ({hc.hard}-{hc.soft})/({hc.hard}+{hc.soft})"
+    table.header["COMMENT"] = "only rows where both net rates are finite and > 0"
+    _write_hdul(target, fits.HDUList([primary, table]))
+
+
+def _write_hdul(target: Path, hdul: fits.HDUList) -> None:
+    with atomic_path(target) as tmp:
+        hdul.writeto(tmp, checksum=True)
+    log.info("wrote %s", target)
+
+
+def _plot(
+    target: Path, merged: Mapping[str, MergedCurve], ratios: Sequence[HardnessCurve], manifest: Manifest,
+    outcomes: Sequence[ObsOutcome], bands: Sequence[BandConfig],
+) -> Path | None:
+    """The figure; a plotting failure is logged and leaves the merged files valid."""
+    from rxte_hpc.products.plot import ExposurePoints, Series, plot_lightcurves
+
+    def series(label: str, lc: LightCurve) -> Series:
+        return Series(label, lc.ref.mjd(lc.time), lc.rate, lc.error, lc.timedel)
+
+    single = len(bands) == 1
+    panels = [series("RATE (count/s)" if single else f"{b.name} RATE (count/s)", merged[b.name].curve) for b in bands]
+    hr = [Series(f"({h.hard}-{h.soft})/({h.hard}+{h.soft})", h.ref.mjd(h.time), h.hr, h.hr_error, h.timedel)
+          for h in ratios]
+    state = {o.obsid: o.state for o in outcomes}
+    exposures = ExposurePoints(
+        mjd=np.array([r.time_mjd for r in manifest.rows], dtype=float),
+        exposure_s=np.array([r.exposure_s for r in manifest.rows], dtype=float),
+        state=np.array([state.get(r.obsid.text, "missing") for r in manifest.rows]),
+    )
+    title = f"{len(merged[bands[0].name].obsids)} ObsIDs merged"
+    try:
+        return plot_lightcurves(target, panels, hr, exposures, title)
+    except (ValueError, RuntimeError, SiteError) as exc:
+        log.warning("%s: plot not written (%s)", target, exc)
+        return None

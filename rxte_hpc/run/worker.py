@@ -1,0 +1,247 @@
+"""One task's ObsIDs, start to finish; shared by every executor (local, Slurm, MPI).
+
+For each ObsID: skip it when already done for this config; otherwise extract it
+in private scratch, publish `lc/<obsid>.lc` by atomic rename, then its status
+record the same way. A failing ObsID becomes a record, never an exception that
+stops the task; a signal records the ObsID in flight as `interrupted`, cleans
+scratch and ends the process with 128 + signal.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, TextIO
+
+from rxte_hpc import __version__
+from rxte_hpc.archive.local import open_archive
+from rxte_hpc.core.config import Config
+from rxte_hpc.core.errors import DataError, Interrupted, NoDataError, RxteError, SiteError
+from rxte_hpc.extract import ExtractContext, Extractor, make_extractor
+from rxte_hpc.core.fsutil import write_atomic
+from rxte_hpc.fits.lcfile import lightcurve_bytes
+from rxte_hpc.core.manifest import Manifest, ManifestRow
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.scratch import Workspace, task_workspace
+from rxte_hpc.run.signals import interrupt_on_signals
+from rxte_hpc.core.status import StatusRecord, is_done, read_record, write_record
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Errors in records are one line: first line, trimmed."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who is working: a label for scratch and logs, plus the Slurm job and MPI rank if any."""
+
+    label: str
+    slurm_job: str | None = None
+    rank: int | None = None
+    host: str = socket.gethostname()
+
+    @classmethod
+    def for_task(cls, task: int, slurm_job: str | None = None, rank: int | None = None) -> "WorkerIdentity":
+        return cls(label=f"task{task:05d}", slurm_job=slurm_job, rank=rank)
+
+
+class TaskRunner:
+    """Processes ObsIDs one by one inside one scratch workspace (a context manager).
+
+    Executors open one runner per task (local, Slurm) or per rank (MPI) and
+    call `process(row)` for each ObsID they are given.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        manifest: Manifest,
+        identity: WorkerIdentity,
+        *,
+        force: bool = False,
+        extractor_factory: Callable[[ExtractContext], Extractor] = make_extractor,
+    ) -> None:
+        self.config = config
+        self.manifest = manifest
+        self.identity = identity
+        self.force = force
+        self.paths = RunPaths(config.run_dir)
+        self.config_hash = config.hash()
+        self._extractor_factory = extractor_factory
+        self._stack = ExitStack()
+        self.workspace: Workspace | None = None
+        self.extractor: Extractor | None = None
+        self._task_log: TextIO | None = None
+        self.counts: dict[str, int] = {}
+        self.busy_seconds = 0.0
+
+    def __enter__(self) -> "TaskRunner":
+        self.paths.make_dirs()
+        try:
+            context = ExtractContext(self.config, self.paths, open_archive(self.config, self.paths))
+            self.extractor = self._extractor_factory(context)
+            self._stack.enter_context(interrupt_on_signals())
+            self.workspace = self._stack.enter_context(
+                task_workspace(
+                    self.config.scratch.root,
+                    self.config.scratch.min_free_mb,
+                    self.identity.label,
+                    self.identity.slurm_job,
+                )
+            )
+            self._task_log = self._stack.enter_context(open(self.paths.task_log(self.identity.label), "a"))
+        except BaseException:
+            self._stack.close()
+            raise
+        self._say(f"start on {self.identity.host} pid {os.getpid()} scratch {self.workspace.root}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        done = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())) or "nothing"
+        self._say(f"end: {done}; {self.busy_seconds:.1f} s extracting")
+        self._stack.close()
+
+    def _say(self, message: str) -> None:
+        line = f"{_now()} {self.identity.label}: {message}"
+        log.info("%s: %s", self.identity.label, message)
+        if self._task_log is not None:
+            self._task_log.write(line + "\n")
+            self._task_log.flush()
+
+    def process(self, row: ManifestRow) -> StatusRecord:
+        """Extract one ObsID (or skip it when done) and return its final record."""
+        obsid = row.obsid.text
+        existing = read_record(self.paths, obsid)
+        if not self.force and is_done(existing, self.paths, self.config_hash):
+            assert existing is not None
+            self._count("skipped")
+            return existing
+        started = _now()
+        t0 = time.monotonic()
+        self._write(self._record(row, "running", started))
+        try:
+            record = self._extract(row, started, t0)
+        except Interrupted as stop:
+            record = self._record(
+                row, "interrupted", started, t0, error=f"interrupted by signal {stop.signum}", error_kind="site"
+            )
+            self._write(record)
+            self._say(f"{obsid} interrupted by signal {stop.signum}")
+            raise
+        self._write(record)
+        self.busy_seconds += record.seconds or 0.0
+        self._count(record.state)
+        tail = f": {record.error}" if record.error else ""
+        self._say(f"{obsid} {record.state} in {record.seconds:.2f} s{tail}")
+        return record
+
+    def _extract(self, row: ManifestRow, started: str, t0: float) -> StatusRecord:
+        assert self.workspace is not None and self.extractor is not None
+        obsid = row.obsid.text
+        try:
+            with open(self.paths.log(obsid), "w") as tool_log:
+                tool_log.write(f"# {obsid} backend {self.extractor.name} on {self.identity.host} at {started}\n")
+                tool_log.flush()
+                try:  # work/ is empty here: new with the workspace, emptied after every ObsID below
+                    curves = self.extractor.extract(row, self.workspace, tool_log)
+                    if not curves or all(c.n_rows == 0 for c in curves):
+                        raise NoDataError("the light curve has no rows")
+                    data = lightcurve_bytes(curves, self._provenance(row, curves))
+                    write_atomic(self.paths.lc(row.obsid), data)
+                except (RxteError, OSError) as exc:
+                    tool_log.write(f"# {type(exc).__name__}: {exc}\n")
+                    raise
+                except Exception as exc:  # an extractor bug must not stop the task: record it
+                    tool_log.write(traceback.format_exc())
+                    raise DataError(f"internal error in {self.extractor.name} extractor: {type(exc).__name__}: {exc}") from exc
+                finally:
+                    self.workspace.fresh_work()
+        except NoDataError as exc:
+            return self._record(row, "no_data", started, t0, error=str(exc), error_kind="data")
+        except DataError as exc:
+            return self._record(row, "failed", started, t0, error=str(exc), error_kind="data")
+        except SiteError as exc:
+            return self._record(row, "failed", started, t0, error=str(exc), error_kind="site")
+        except OSError as exc:
+            return self._record(row, "failed", started, t0, error=f"{exc.strerror or exc} ({exc.filename or obsid})", error_kind="site")
+        return self._record(
+            row,
+            "done",
+            started,
+            t0,
+            output=str(self.paths.lc(row.obsid).relative_to(self.paths.root)),
+            n_rows=int(curves[0].n_rows),
+            bands=tuple(c.name for c in curves),
+        )
+
+    def _provenance(self, row: ManifestRow, curves: list) -> dict:
+        assert self.extractor is not None
+        return {
+            "OBS_ID": row.obsid.text,
+            "CREATOR": f"rxte-hpc {__version__}",
+            "BACKEND": self.extractor.name,
+            "CONFHASH": self.config_hash,
+            "NBANDS": len(curves),
+        }
+
+    def _record(self, row: ManifestRow, state: str, started: str, t0: float | None = None, **fields: object) -> StatusRecord:
+        assert self.extractor is not None
+        finished = None if state == "running" else _now()
+        seconds = None if t0 is None else round(time.monotonic() - t0, 4)
+        if "error" in fields and fields["error"] is not None:
+            fields["error"] = one_line(str(fields["error"]))
+        return StatusRecord(
+            obsid=row.obsid.text,
+            task=row.task,
+            state=state,
+            backend=self.extractor.name,
+            config_hash=self.config_hash,
+            started=started,
+            finished=finished,
+            seconds=seconds,
+            host=self.identity.host,
+            slurm_job=self.identity.slurm_job,
+            rank=self.identity.rank,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def _write(self, record: StatusRecord) -> None:
+        try:
+            write_record(self.paths, record)
+        except SiteError as exc:
+            # The disk is full even for a small record: say so loudly; the ObsID stays
+            # not-done (its previous record, or none), so `rerun` redoes it.
+            self._say(f"{record.obsid}: cannot write status record ({exc})")
+
+    def _count(self, state: str) -> None:
+        self.counts[state] = self.counts.get(state, 0) + 1
+
+
+def run_task(
+    config: Config,
+    manifest: Manifest,
+    task: int,
+    *,
+    force: bool = False,
+    slurm_job: str | None = None,
+    rank: int | None = None,
+    extractor_factory: Callable[[ExtractContext], Extractor] = make_extractor,
+) -> list[StatusRecord]:
+    """What array element `task` runs (and `work --task`): every ObsID of the task."""
+    rows = manifest.rows_for_task(task)
+    identity = WorkerIdentity.for_task(task, slurm_job=slurm_job, rank=rank)
+    with TaskRunner(config, manifest, identity, force=force, extractor_factory=extractor_factory) as runner:
+        return [runner.process(row) for row in rows]
