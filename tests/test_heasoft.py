@@ -28,7 +28,8 @@ from rxte_hpc.archive.local import LocalArchive
 from rxte_hpc.core.config import config_from_mapping, load_config
 from rxte_hpc.core.errors import DataError, NoDataError, UsageError
 from rxte_hpc.extract.base import ExtractContext
-from rxte_hpc.extract.heasoft import HeasoftExtractor, ToolRun
+from rxte_hpc.extract.heasoft import HeasoftExtractor
+from rxte_hpc.extract.tools import ToolRun
 from rxte_hpc.core.manifest import ManifestRow, build_manifest, Observation
 from rxte_hpc.core.obsid import ObsID
 from rxte_hpc.core.paths import RunPaths
@@ -476,7 +477,7 @@ def test_standin_and_native_extractor_agree(archive, tmp_path):
 
 
 def test_run_pcaprepobsid_helper_publishes_products_for_native(archive, tmp_path, monkeypatch):
-    from rxte_hpc.extract.heasoft import run_pcaprepobsid
+    from rxte_hpc.extract.prepare import prepare_into as run_pcaprepobsid
 
     monkeypatch.setenv("HEADAS", str(STANDIN))
     row = _good(archive)[6]
@@ -489,7 +490,7 @@ def test_run_pcaprepobsid_helper_publishes_products_for_native(archive, tmp_path
 
 def test_a_hung_task_is_killed_and_is_a_site_error(tmp_path):
     from rxte_hpc.core.errors import SiteError
-    from rxte_hpc.extract.heasoft import run_tool
+    from rxte_hpc.extract.tools import run_tool
 
     ws = _workspace(tmp_path / "s")
     env = _standin_env(ws.pfiles, RXTE_STANDIN_SLEEP="30")

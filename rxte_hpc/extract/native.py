@@ -27,17 +27,14 @@ from rxte_hpc.fits.lcfile import LightCurve, absolute_times, read_time_ref, read
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.scratch import Workspace
 from rxte_hpc.extract.base import Extractor
-from rxte_hpc.extract.heasoft import run_pcaprepobsid
+from rxte_hpc.extract.prepare import BACKGROUND_LIST, DONE_FILE, SOURCE_LIST, has_standard2, prepare_into, read_list
 from rxte_hpc.extract.filterexpr import FilterExpr, parse_filter
 from rxte_hpc.extract.gti import DEFAULT_FRACTION, intersect_gtis, intervals_from_flags, select_rows, union_gtis
-from rxte_hpc.fits.tableio import FitsTable, find_table, read_list, read_tables
+from rxte_hpc.fits.tableio import FitsTable, find_table, read_tables
 from rxte_hpc.extract.std2 import ChannelBand, bins_for_channels, channel_map_from_header, parse_layerlist, parse_pculist, resolve_band
 
 log = logging.getLogger(__name__)
 
-DONE_FILE = "pcaprepobsid_done.txt"
-SOURCE_LIST = "FP_dtstd2.lis"
-BACKGROUND_LIST = "FP_dtbkg2.lis"
 
 
 @dataclass(frozen=True)
@@ -342,18 +339,11 @@ class NativeExtractor(Extractor):
         listed = directory / SOURCE_LIST
         if listed.is_file() and not listed.read_text().strip():
             raise NoDataError(f"{row.obsid.text}: no Standard-2 data ({listed} is empty)")
-        if not any(name.startswith("FS4a") for name in ctx.archive.listdir(row, "pca")):
+        if not has_standard2(ctx, row):
             raise NoDataError(f"{row.obsid.text}: no Standard-2 data (no pca/FS4a_* file in the archive)")
         headas = os.environ.get("HEADAS", "")
         if headas and (Path(headas) / "bin" / "pcaprepobsid").is_file():
-            return self._run_pcaprepobsid(row, directory, workspace, tool_log)
+            return prepare_into(ctx, row, directory, workspace, tool_log)
         raise DataError(
             f"no prepared products for {row.obsid.text} under {directory}: run the heasoft backend with "
             "extract.keep_prepared: true, or pcaprepobsid")
-
-    def _run_pcaprepobsid(self, row: ManifestRow, directory: Path, workspace: Workspace, tool_log: TextIO) -> Path:
-        """Prepare once through the heasoft extractor's own helper, so both backends run it the same way."""
-        run_pcaprepobsid(self.context, row, directory, workspace, tool_log)
-        if not (directory / DONE_FILE).is_file():
-            raise DataError(f"pcaprepobsid left no {DONE_FILE} in {directory}")
-        return directory

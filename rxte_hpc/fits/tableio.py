@@ -299,28 +299,3 @@ def find_table(tables: list[FitsTable], where: Path, *extnames: str, gti: bool =
         if gti and str(table.header.get("HDUCLAS1", "")).strip().upper() == "GTI":
             return table
     raise DataError(f"{where}: missing extension {' or '.join(extnames)}")
-
-
-def read_list(list_path: Path, prepared_dir: Path) -> list[Path]:
-    """Entries of a pcaprepobsid list file, each found as written or by its name in `prepared_dir`.
-
-    pcaprepobsid writes absolute paths of wherever it ran (often a scratch
-    directory since deleted), so an entry that does not exist as written is
-    looked up by basename next to the list.
-    """
-    try:
-        lines = list_path.read_text().splitlines()
-    except OSError as exc:
-        raise DataError(f"{list_path}: cannot read list file ({exc.strerror or exc})") from exc
-    out = []
-    for line in lines:
-        entry = line.strip()
-        if not entry:
-            continue
-        path = Path(entry)
-        if not path.is_absolute():
-            path = prepared_dir / path
-        if not path.exists():
-            path = prepared_dir / Path(entry).name
-        out.append(path)
-    return out
