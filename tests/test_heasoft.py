@@ -445,7 +445,8 @@ def test_long_run_dir_path_works_through_the_worker(tmp_path):
 
 @pytest.mark.slow
 def test_rxte_hpc_run_end_to_end(tmp_path, monkeypatch):
-    cli = pytest.importorskip("rxte_hpc.cli")
+    from rxte_hpc import cli
+
     monkeypatch.setenv("HEADAS", str(STANDIN))
     for key in [k for k in os.environ if k.startswith("RXTE_STANDIN")]:
         monkeypatch.delenv(key)

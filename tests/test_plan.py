@@ -270,7 +270,6 @@ def test_archive_scan_reads_fmi_times_and_skips_non_obsids(tmp_path):
 
 
 def test_simulated_archive_scan_matches_its_xtemaster_table(tmp_path):
-    pytest.importorskip("rxte_hpc.sim.simulate")
     cfg = make_config(tmp_path, archive={"root": "simulated"}, simulate={"n_obs": 6, "seed": 3}, source={"kind": "archive"})
     scanned = plan(cfg)
     assert scanned.meta["source"]["root"] == str(cfg.run_dir / "archive")
