@@ -26,6 +26,8 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,15}")
 _SIMPLE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ARCHIVE_SIMULATED = "simulated"
 BACKENDS = ("heasoft", "native", "stdprod")
+#: How HEASoft tasks are called (DESIGN.md "Extractors"): auto = heasoftpy when it imports, else exec.
+RUNNERS = ("auto", "heasoftpy", "exec")
 SOURCE_KINDS = ("tap", "table", "archive")
 DEFAULT_TAP = "https://heasarc.gsfc.nasa.gov/xamin/vo/tap"
 
@@ -95,6 +97,8 @@ class ExtractConfig:
     filter: str = _f("(ELV > 4) && (OFFSET < 0.1)", "maketime filter expression on the filter file")
     prepared: Path | None = _f(None, "where pcaprepobsid products live (default <run_dir>/prepared)", path=True)
     keep_prepared: bool = _f(False, "heasoft: keep pcaprepobsid products under <run_dir>/prepared/<obsid>")
+    runner: str = _f("auto", "how HEASoft tasks are called: auto (heasoftpy when it imports, else exec) | heasoftpy | exec",
+                     choices=RUNNERS)
     stdprod_band: str = _f("a", "stdprod backend: a 2-9, b 2-4, c 4-9, d 9-20, e 20-40 keV", choices=tuple("abcde"))
     bands: tuple[BandConfig, ...] | None = _f(None, "several bands in one pass: {name: [lo, hi] keV | {chmin, chmax}}")
 
@@ -156,7 +160,7 @@ class Config:
     def hash(self) -> str:
         """Hash of what decides an ObsID's light curve; a change makes old outputs stale."""
         science = {
-            "extract": _plain(self.extract, drop=("keep_prepared", "prepared")),
+            "extract": _plain(self.extract, drop=("keep_prepared", "prepared", "runner")),  # runner: same tasks either way
             "target": [self.target.ra, self.target.dec],
         }
         text = json.dumps(science, sort_keys=True, default=str)
