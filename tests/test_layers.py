@@ -429,6 +429,42 @@ def test_no_test_only_or_dead_function(graph):
     _fail(unused_definitions(graph, OUTSIDE), "top-level definition(s) the package itself never uses")
 
 
+def skips_of_the_package(tests: Path, top: str) -> list[str]:
+    """`importorskip` of the package's own modules, or an import of them in a `try` whose
+    `except ImportError` skips: either turns an import error of the package into a skip."""
+    problems = []
+    for path in sorted(tests.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "importorskip" and node.args \
+                    and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).split(".")[0] == top:
+                problems.append(f"{_rel(path)}:{node.lineno}: importorskip({node.args[0].value!r})")
+            if isinstance(node, ast.Try) and any(
+                    isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                    and any(isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "skip"
+                            for c in ast.walk(h))
+                    for h in node.handlers):
+                for inner in node.body:
+                    for n in ast.walk(inner):
+                        if isinstance(n, (ast.Import, ast.ImportFrom)) and any(
+                                name.split(".")[0] == top for name in _import_targets("", False, n, {})):
+                            problems.append(f"{_rel(path)}:{n.lineno}: import of {top} skipped on ImportError")
+    return sorted(problems, key=lambda p: (p.split(":")[0], int(p.split(":")[1])))
+
+
+def test_tests_never_skip_the_package_itself():
+    _fail(skips_of_the_package(ROOT / "tests", PACKAGE.name), "test(s) that skip when the package fails to import")
+
+
+def test_a_skip_of_the_package_is_found(tmp_path):
+    (tmp_path / "test_a.py").write_text(
+        "import pytest\nm = pytest.importorskip('pkg.core')\nnp = pytest.importorskip('numpy')\n"
+        "try:\n    from pkg import x\nexcept ImportError:\n    pytest.skip('no')\n")
+    assert [p.split(": ", 1)[1] for p in skips_of_the_package(tmp_path, "pkg")] == [
+        "importorskip('pkg.core')", "import of pkg skipped on ImportError"]
+
+
 def test_the_layer_table_names_every_layer_once():
     names = [layer for level in LEVELS for layer in level]
     assert len(names) == len(set(names))
