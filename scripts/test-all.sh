@@ -20,6 +20,10 @@ else
   echo "test-all: not root, Slurm cannot be started here; slurm tests will skip" >&2
 fi
 
+# Static checks first, with the project's settings in pyproject.toml: a type or lint error fails CI.
+python -m mypy rxte_hpc
+python -m ruff check rxte_hpc tests benchmarks
+
 set +e
 python -m pytest "$@"
 rc=$?
