@@ -20,16 +20,22 @@ else
   echo "test-all: not root, Slurm cannot be started here; slurm tests will skip" >&2
 fi
 
-# Static checks first, with the project's settings in pyproject.toml: a type or lint error fails CI.
-python -m mypy rxte_hpc
-python -m ruff check rxte_hpc tests benchmarks
-
 set +e
+# Static checks with the project's settings in pyproject.toml: a type or lint error fails CI,
+# after the tests have still run and reported.
+python -m mypy rxte_hpc
+mypy_rc=$?
+python -m ruff check rxte_hpc tests benchmarks
+ruff_rc=$?
 python -m pytest "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then
   echo "test-all: pytest collected no tests: that is a failure of the suite" >&2
   exit 1
+fi
+if [ "$mypy_rc" != 0 ] || [ "$ruff_rc" != 0 ]; then
+  echo "test-all: static checks failed (mypy exit $mypy_rc, ruff exit $ruff_rc)" >&2
+  [ "$rc" = 0 ] && rc=1
 fi
 exit "$rc"
