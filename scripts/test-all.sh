@@ -13,6 +13,15 @@ fi
 "$VENV/bin/python" -m pip install -q -e '.[test,mpi]'
 export PATH="$PWD/$VENV/bin:$PATH"   # mpiexec from the mpich wheel, rxte-hpc, pytest
 
+# HEASARC's fitsverify checks every FITS file a run writes (tests/test_fitsverify.py); Debian package.
+if ! command -v fitsverify >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fitsverify
+  else
+    echo "test-all: fitsverify is missing and cannot be installed here (not root or no apt-get)" >&2
+  fi
+fi
+
 # A real Slurm for the slurm-marked tests (installs Debian packages when missing).
 if [ "$(id -u)" = 0 ]; then
   bash scripts/start-slurm.sh
