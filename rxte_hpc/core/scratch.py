@@ -1,11 +1,13 @@
 """Node-local scratch for one task: private directory, private PFILES, cleanup, stale reaping.
 
 Each task gets `<root>/rxte-hpc-<user>-<job>-<label>-<pid>-<random>/` with a
-`pfiles/` directory (its own HEASoft parameter files: shared ones clobber each
-other, LESSONS.md) and a short working directory `w/` (long paths break
-pcaextlc2). A lock file is held while the owner lives; the next task reaps
-directories of this tool whose lock is free, and never touches anything else
-in /dev/shm. This is the only module that knows PFILES.
+`pfiles/` directory, in which every ObsID gets a fresh, empty user PFILES
+directory of its own (`Workspace.obsid_pfiles`: shared parameter files clobber
+each other, LESSONS.md, and values a task learns on one ObsID must not reach
+the next), and a short working directory `w/` (long paths break pcaextlc2).
+A lock file is held while the owner lives; the next task reaps directories
+of this tool whose lock is free, and never touches anything else in /dev/shm.
+This is the only module that knows PFILES.
 """
 from __future__ import annotations
 
@@ -37,6 +39,23 @@ class Workspace:
     root: Path
     pfiles: Path
     work: Path
+
+    def obsid_pfiles(self, label: str) -> Path:
+        """A new, empty user PFILES directory for one ObsID's HEASoft calls; the previous ObsIDs' are removed.
+
+        Real tasks learn parameter values into the user directory (xtefilt's
+        `fcollect fname`, every `ql`/`hl` parameter), so one directory per task
+        would let an ObsID's output depend on the ObsID before it.
+        """
+        if self.pfiles.exists():
+            for old in self.pfiles.iterdir():
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+        path = self.pfiles / _label(label)
+        path.mkdir(parents=True)
+        return path
 
     def fresh_work(self) -> Path:
         """Empty the short working directory for the next ObsID and return it."""
@@ -137,15 +156,18 @@ def task_workspace(configured_root: Path, min_free_mb: int, label: str, job: str
         os.close(lock_fd)
 
 
-def heasoft_env(workspace: Workspace, headas: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """An explicit environment for one HEASoft call: private PFILES, no prompting.
+def heasoft_env(pfiles: Path | Workspace, headas: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An explicit environment for HEASoft calls: `pfiles` as the user PFILES directory, no prompting.
 
-    Returned as a new dict; the parent's os.environ is never changed (that would
-    leak between threads, as heasoftpy's local_pfiles_context does).
+    `pfiles` is normally `Workspace.obsid_pfiles(...)` (one per ObsID); a
+    Workspace means its task-wide `pfiles/`. Returned as a new dict; the
+    parent's os.environ is never changed here (the heasoftpy runner sets
+    PFILES in os.environ itself, in the one thread that calls HEASoft).
     """
+    user = pfiles.pfiles if isinstance(pfiles, Workspace) else Path(pfiles)
     env = dict(os.environ if base is None else base)
     env["HEADAS"] = str(headas)
-    env["PFILES"] = f"{workspace.pfiles};{Path(headas) / 'syspfiles'}"
+    env["PFILES"] = f"{user};{Path(headas) / 'syspfiles'}"
     env["HEADASNOQUERY"] = ""
     env["HEADASPROMPT"] = "/dev/null"
     return env
