@@ -33,8 +33,13 @@ def load(cfg_path):
     return cfg, read_manifest(RunPaths(cfg.run_dir).manifest), RunPaths(cfg.run_dir)
 
 
+def all_files(directory: Path) -> list[Path]:
+    """Every file under `directory` (its shard folders included)."""
+    return sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+
+
 def visible_files(directory: Path) -> list[Path]:
-    return [p for p in directory.iterdir() if not p.name.startswith(".")] if directory.exists() else []
+    return [p for p in all_files(directory) if not p.name.startswith(".")]
 
 
 def assert_all_valid(paths: RunPaths) -> None:
@@ -54,7 +59,7 @@ def test_records_have_every_design_field(tmp_path):
     for key in ("obsid", "task", "state", "backend", "config_hash", "started", "finished", "seconds", "host",
                 "slurm_job", "rank", "output", "n_rows", "error", "error_kind"):
         assert key in data
-    assert data["n_rows"] == 50 and data["output"] == f"lc/{records[0].obsid}.lc"
+    assert data["n_rows"] == 50 and data["output"] == str(paths.lc(records[0].obsid).relative_to(paths.root))
     lc = read_lightcurve(paths.lc(records[0].obsid))
     assert (lc.rate == fake_curve(records[0].obsid).rate).all()
     assert paths.log(records[0].obsid).read_text().count("extracting") == 1
@@ -139,16 +144,21 @@ def test_signal_records_interrupted_and_cleans_scratch(tmp_path, signum):
 
 
 def test_disk_full_is_a_site_record_with_nothing_half_written(tmp_path):
+    """Records fit, light curves do not: the ObsID in flight is failed (site) and the task stops."""
     cfg_path = write_run(tmp_path)
     cfg, manifest, paths = load(cfg_path)
-    proc = _run_kit(cfg_path, 0, "ok", env={"WORKERKIT_FSIZE": "4096"})  # records fit, light curves do not
+    proc = _run_kit(cfg_path, 0, "ok", env={"WORKERKIT_FSIZE": "4096"})
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
-    for row in manifest.rows_for_task(0):
-        rec = read_record(paths, row.obsid.text)
-        assert rec.state == "failed" and rec.error_kind == "site" and "disk full" in rec.error
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "disk full" in err
+    first, *rest = manifest.rows_for_task(0)
+    rec = read_record(paths, first.obsid.text)
+    assert rec.state == "failed" and rec.error_kind == "site" and "disk full" in rec.error
+    assert all(read_record(paths, r.obsid.text) is None for r in rest)  # not started: `rerun` takes them
+    assert 0 in RunSummary.collect(manifest, paths, cfg.hash()).tasks_to_rerun()
     assert visible_files(paths.lc_dir) == []
-    assert list(paths.lc_dir.iterdir()) == []  # no temporary left behind either
+    assert all_files(paths.lc_dir) == []  # no temporary left behind either
     assert list(cfg.scratch.root.iterdir()) == []
 
 

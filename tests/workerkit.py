@@ -16,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rxte_hpc.archive.base import ArchiveNeeds  # noqa: E402
 from rxte_hpc.core.config import load_config  # noqa: E402
 from rxte_hpc.core.errors import DataError  # noqa: E402
 from rxte_hpc.extract.base import Extractor  # noqa: E402
@@ -60,6 +61,9 @@ class TestExtractor(Extractor):
     mode = "ok"
     seconds = 0.0
 
+    def archive_needs(self, row):
+        return ArchiveNeeds()
+
     def extract(self, row, workspace, tool_log):
         (workspace.work / "in-progress.tmp").write_bytes(b"x" * 1000)
         tool_log.write(f"extracting {row.obsid}\n")
@@ -91,11 +95,14 @@ if __name__ == "__main__":
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     cfg = load_config(config_path)
     manifest = read_manifest(RunPaths(cfg.run_dir).manifest)
-    from rxte_hpc.core.errors import Interrupted
+    from rxte_hpc.core.errors import Interrupted, RxteError
 
     try:
         records = run_task(cfg, manifest, task, extractor_factory=factory(mode, seconds))
     except Interrupted as stop:
         sys.exit(stop.exit_code)
+    except RxteError as exc:  # what the CLI does with it
+        print(f"rxte-hpc: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     print(" ".join(f"{r.obsid}={r.state}" for r in records))
     sys.exit(0 if all(r.state == "done" for r in records) else 1)

@@ -38,9 +38,9 @@ def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
     only means the ObsID is extracted again, and that fsync doubled the cost
     per ObsID.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(target)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if durable:
             fd = os.open(tmp, os.O_RDONLY)
@@ -66,13 +66,40 @@ def write_atomic(target: Path, data: bytes, durable: bool = True) -> None:
 
 
 def _discard(tmp: Path) -> None:
+    """Remove a temporary if there is one; on a read-only or failing disk there is nothing more to do."""
     try:
         tmp.unlink()
-    except FileNotFoundError:
+    except OSError:
         pass
 
 
+#: errno values that mean "the disk is full" rather than "this path is wrong".
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _site_error(exc: OSError, target: Path) -> SiteError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in DISK_FULL:
         return SiteError(f"disk full writing {target} ({os.strerror(exc.errno)})")
     return SiteError(f"cannot write {target} ({exc.strerror or exc})")
+
+
+def describe_os_error(exc: OSError, doing: str) -> str:
+    """One line for an OSError: what was being done, the file, and the system's reason."""
+    reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno in DISK_FULL:
+        return f"disk full {doing}{where} ({reason})"
+    return f"cannot {doing}{where} ({reason})"
+
+
+@contextmanager
+def site_errors(doing: str) -> Iterator[None]:
+    """The boundary for machine failures: an OSError inside becomes a one-line SiteError.
+
+    `doing` says what was attempted ("create the run directory"); the file and
+    the system's reason (read-only file system, no space left, ...) follow.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise SiteError(describe_os_error(exc, doing)) from exc

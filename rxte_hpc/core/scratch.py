@@ -11,19 +11,22 @@ This is the only module that knows PFILES.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import getpass
 import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
+
+from rxte_hpc.core.errors import SiteError
+from rxte_hpc.core.fsutil import site_errors
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +89,69 @@ def _usable(root: Path, min_free_bytes: int) -> str | None:
     return None
 
 
+#: Fallback warnings already given in this process: a task per ObsID batch must not repeat them.
+_warned: set[tuple[str, str]] = set()
+
+
 def choose_root(configured: Path, min_free_bytes: int) -> Path:
-    """`configured` when usable, else $TMPDIR (or the system temp dir), saying why in the log."""
+    """`configured` when usable, else $TMPDIR (or the system temp dir), saying why once per process.
+
+    SiteError (one line, both places and why) when neither can be used.
+    """
     problem = _usable(configured, min_free_bytes)
     if problem is None:
         return configured
     fallback = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
-    log.warning("scratch root %s unusable (%s); using %s", configured, problem, fallback)
     fallback_problem = _usable(fallback, 0)
     if fallback_problem is not None:
-        raise OSError(errno.ENOSPC, f"no usable scratch: {configured} ({problem}), {fallback} ({fallback_problem})")
+        raise SiteError(
+            f"no usable scratch directory: scratch.root {configured} ({problem}) and the fallback "
+            f"{fallback} ({fallback_problem}); set scratch.root or $TMPDIR to a writable local directory"
+        )
+    if (str(configured), problem) not in _warned:
+        _warned.add((str(configured), problem))
+        log.warning("scratch root %s unusable (%s); using %s", configured, problem, fallback)
     return fallback
+
+
+def candidate_roots(configured: Path) -> list[Path]:
+    """Where this tool's scratch directories can be: the configured root and the fallback."""
+    roots = [configured, Path(os.environ.get("TMPDIR") or tempfile.gettempdir())]
+    return [r for i, r in enumerate(roots) if r not in roots[:i]]
+
+
+def kill_tools_of(directory: Path) -> list[int]:
+    """Kill processes still running with PFILES in `directory` (a dead worker's HEASoft tools).
+
+    Every HEASoft call gets its environment from `heasoft_env`, so its whole
+    process tree, grandchildren included, carries PFILES=<workspace>/pfiles;...
+    even after its worker died and it was re-parented.
+    """
+    marker = f"PFILES={directory}/".encode()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            continue
+        if any(item.startswith(marker) for item in environ.split(b"\0")):
+            found.append(int(name))
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+    if found:
+        log.warning("killed %d tool process(es) left running by the dead owner of %s: %s",
+                    len(found), directory, ", ".join(map(str, found)))
+    return found
 
 
 def reap_stale(root: Path) -> list[Path]:
@@ -111,6 +166,7 @@ def reap_stale(root: Path) -> list[Path]:
             continue
         path = Path(entry.path)
         if _owner_gone(path):
+            kill_tools_of(path)
             shutil.rmtree(path, ignore_errors=True)
             log.info("reaped stale scratch %s", path)
             removed.append(path)
@@ -139,21 +195,28 @@ def _owner_gone(path: Path) -> bool:
 
 @contextmanager
 def task_workspace(configured_root: Path, min_free_mb: int, label: str, job: str | None = None) -> Iterator[Workspace]:
-    """A private, locked scratch directory for one task, removed however the task ends."""
+    """A private, locked scratch directory for one task, removed however the task ends.
+
+    Machine problems (read-only or full scratch) are a one-line SiteError.
+    """
     root = choose_root(configured_root, min_free_mb * 2**20)
     reap_stale(root)
     name = f"{PREFIX}{_label(getpass.getuser())}-{_label(job or 'local')}-{_label(label)}-{os.getpid()}-"
-    path = Path(tempfile.mkdtemp(prefix=name, dir=root))
-    lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    with site_errors("create a scratch directory"):
+        path = Path(tempfile.mkdtemp(prefix=name, dir=root))
+    lock_fd: int | None = None
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        ws = Workspace(root=path, pfiles=path / "pfiles", work=path / "w")
-        ws.pfiles.mkdir()
-        ws.work.mkdir()
+        with site_errors("set up scratch"):
+            lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            ws = Workspace(root=path, pfiles=path / "pfiles", work=path / "w")
+            ws.pfiles.mkdir()
+            ws.work.mkdir()
         yield ws
     finally:
         shutil.rmtree(path, ignore_errors=True)
-        os.close(lock_fd)
+        if lock_fd is not None:
+            os.close(lock_fd)
 
 
 def heasoft_env(pfiles: Path | Workspace, headas: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -19,16 +19,18 @@ from datetime import datetime, timezone
 from typing import Callable, TextIO
 
 from rxte_hpc import __version__
-from rxte_hpc.archive.local import open_archive
+from rxte_hpc.archive.factory import open_archive
 from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import DataError, Interrupted, NoDataError, RxteError, SiteError
 from rxte_hpc.extract import ExtractContext, Extractor, make_extractor
-from rxte_hpc.core.fsutil import write_atomic
+from rxte_hpc.core.fsutil import describe_os_error, site_errors, write_atomic
 from rxte_hpc.fits.lcfile import lightcurve_bytes
 from rxte_hpc.core.manifest import Manifest, ManifestRow
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.scratch import Workspace, task_workspace
-from rxte_hpc.run.signals import interrupt_on_signals
+from rxte_hpc.core.scratch import kill_tools_of
+from rxte_hpc.run.preflight import preflight
+from rxte_hpc.run.signals import interrupt_on_signals, on_second_signal
 from rxte_hpc.core.status import StatusRecord, is_done, read_record, write_record
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,45 @@ def one_line(text: str, limit: int = 400) -> str:
     """Errors in records are one line: first line, trimmed."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class _ToolLog:
+    """The per-ObsID tool log: advisory, so a failing disk makes it incomplete, never fails the ObsID.
+
+    (Whether the ObsID's own results reach the disk is decided by publishing them.)
+    """
+
+    def __init__(self, fh: TextIO) -> None:
+        self._fh = fh
+        self.problem: str | None = None
+
+    def write(self, text: str) -> int:
+        if self.problem is None:
+            try:
+                self._fh.write(text)
+            except OSError as exc:
+                self.problem = describe_os_error(exc, "write the tool log")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.problem is None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self.problem = describe_os_error(exc, "write the tool log")
+
+    def __enter__(self) -> "_ToolLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._fh.close()
+        except OSError as error:
+            self.problem = self.problem or describe_os_error(error, "write the tool log")
+
+
+class RunDirFailure(SiteError):
+    """The run directory cannot take a light curve or a record: the task stops (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +130,12 @@ class TaskRunner:
         self.busy_seconds = 0.0
 
     def __enter__(self) -> "TaskRunner":
-        self.paths.make_dirs()
         try:
             context = ExtractContext(self.config, self.paths, open_archive(self.config, self.paths))
             self.extractor = self._extractor_factory(context)
+            preflight(self.config, self.manifest, self.extractor)  # before anything is written
+            with site_errors("create the run directory's folders"):
+                self.paths.make_dirs()
             self._stack.enter_context(interrupt_on_signals())
             self.workspace = self._stack.enter_context(
                 task_workspace(
@@ -102,7 +145,11 @@ class TaskRunner:
                     self.identity.slurm_job,
                 )
             )
-            self._task_log = self._stack.enter_context(open(self.paths.task_log(self.identity.label), "a"))
+            # A second signal ends the process at once: take the tools of this workspace along.
+            root = self.workspace.root
+            self._stack.enter_context(on_second_signal(lambda: kill_tools_of(root)))
+            with site_errors("open the task log"):
+                self._task_log = self._stack.enter_context(open(self.paths.task_log(self.identity.label), "a"))
         except BaseException:
             self._stack.close()
             raise
@@ -112,17 +159,29 @@ class TaskRunner:
     def __exit__(self, *exc: object) -> None:
         done = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items())) or "nothing"
         self._say(f"end: {done}; {self.busy_seconds:.1f} s extracting")
-        self._stack.close()
+        try:
+            self._stack.close()
+        except OSError as error:  # closing the task log flushes it: a full disk must not hide the real outcome
+            log.warning("%s: %s", self.identity.label, describe_os_error(error, "close the task log"))
 
     def _say(self, message: str) -> None:
         line = f"{_now()} {self.identity.label}: {message}"
         log.info("%s: %s", self.identity.label, message)
-        if self._task_log is not None:
+        if self._task_log is None:
+            return
+        try:
             self._task_log.write(line + "\n")
             self._task_log.flush()
+        except OSError as exc:
+            log.warning("%s: %s; going on without it", self.identity.label, describe_os_error(exc, "write the task log"))
+            self._task_log = None  # closed by the stack; the records are what counts
 
     def process(self, row: ManifestRow) -> StatusRecord:
-        """Extract one ObsID (or skip it when done) and return its final record."""
+        """Extract one ObsID (or skip it when done) and return its final record.
+
+        Raises RunDirFailure (a SiteError) when the run directory cannot take
+        the result, after recording the ObsID as well as the disk allows.
+        """
         obsid = row.obsid.text
         existing = read_record(self.paths, obsid)
         if not self.force and is_done(existing, self.paths, self.config_hash):
@@ -131,36 +190,51 @@ class TaskRunner:
             return existing
         started = _now()
         t0 = time.monotonic()
-        self._write(self._record(row, "running", started))
+        wrote_running = self._write(self._record(row, "running", started)) is None
         try:
             record = self._extract(row, started, t0)
         except Interrupted as stop:
             record = self._record(
                 row, "interrupted", started, t0, error=f"interrupted by signal {stop.signum}", error_kind="site"
             )
-            self._write(record)
+            self._write_final(record, wrote_running)
             self._say(f"{obsid} interrupted by signal {stop.signum}")
             raise
-        self._write(record)
+        except RunDirFailure as exc:
+            record = self._record(row, "failed", started, t0, error=str(exc), error_kind="site")
+            self._write_final(record, wrote_running)
+            self._count("failed")
+            self._say(f"{obsid} failed: {exc}; stopping this task")
+            raise
+        problem = self._write_final(record, wrote_running)
         self.busy_seconds += record.seconds or 0.0
         self._count(record.state)
         tail = f": {record.error}" if record.error else ""
         self._say(f"{obsid} {record.state} in {record.seconds:.2f} s{tail}")
+        if problem is not None:
+            raise RunDirFailure(f"{obsid}: cannot record its result: {problem}")
         return record
 
     def _extract(self, row: ManifestRow, started: str, t0: float) -> StatusRecord:
         assert self.workspace is not None and self.extractor is not None
         obsid = row.obsid.text
         try:
-            with open(self.paths.log(obsid), "w") as tool_log:
+            try:
+                tool_log = _ToolLog(open(self.paths.log(obsid), "w"))
+            except OSError as exc:
+                raise RunDirFailure(describe_os_error(exc, "write the tool log")) from exc
+            with tool_log:
                 tool_log.write(f"# {obsid} backend {self.extractor.name} on {self.identity.host} at {started}\n")
                 tool_log.flush()
                 try:  # work/ is empty here: new with the workspace, emptied after every ObsID below
-                    curves = self.extractor.extract(row, self.workspace, tool_log)
+                    curves = self.extractor.extract(row, self.workspace, tool_log)  # type: ignore[arg-type]
                     if not curves or all(c.n_rows == 0 for c in curves):
                         raise NoDataError("the light curve has no rows")
                     data = lightcurve_bytes(curves, self._provenance(row, curves))
-                    write_atomic(self.paths.lc(row.obsid), data)
+                    try:
+                        write_atomic(self.paths.lc(row.obsid), data)
+                    except SiteError as exc:
+                        raise RunDirFailure(str(exc)) from exc
                 except (RxteError, OSError) as exc:
                     tool_log.write(f"# {type(exc).__name__}: {exc}\n")
                     raise
@@ -169,14 +243,18 @@ class TaskRunner:
                     raise DataError(f"internal error in {self.extractor.name} extractor: {type(exc).__name__}: {exc}") from exc
                 finally:
                     self.workspace.fresh_work()
+            if tool_log.problem is not None:
+                self._say(f"{obsid}: its tool log is incomplete ({tool_log.problem})")
         except NoDataError as exc:
             return self._record(row, "no_data", started, t0, error=str(exc), error_kind="data")
         except DataError as exc:
             return self._record(row, "failed", started, t0, error=str(exc), error_kind="data")
+        except RunDirFailure:
+            raise
         except SiteError as exc:
             return self._record(row, "failed", started, t0, error=str(exc), error_kind="site")
-        except OSError as exc:
-            return self._record(row, "failed", started, t0, error=f"{exc.strerror or exc} ({exc.filename or obsid})", error_kind="site")
+        except OSError as exc:  # scratch, archive, cache: this ObsID failed on the machine, the task goes on
+            return self._record(row, "failed", started, t0, error=describe_os_error(exc, "use"), error_kind="site")
         return self._record(
             row,
             "done",
@@ -218,13 +296,33 @@ class TaskRunner:
             **fields,  # type: ignore[arg-type]
         )
 
-    def _write(self, record: StatusRecord) -> None:
+    def _write(self, record: StatusRecord) -> str | None:
+        """Publish a record; None on success, else why not (said in the task log)."""
         try:
             write_record(self.paths, record)
         except SiteError as exc:
-            # The disk is full even for a small record: say so loudly; the ObsID stays
-            # not-done (its previous record, or none), so `rerun` redoes it.
-            self._say(f"{record.obsid}: cannot write status record ({exc})")
+            self._say(f"{record.obsid}: cannot write its {record.state} record ({exc})")
+            return str(exc)
+        return None
+
+    def _write_final(self, record: StatusRecord, wrote_running: bool) -> str | None:
+        """Publish a final record, never leaving our `running` one behind.
+
+        On a full disk the running record is removed first (which frees its
+        space) and the final one tried again; if that fails too the ObsID is
+        at worst `missing`, which `rerun` redoes, never a stale `running`.
+        """
+        problem = self._write(record)
+        if problem is None or not wrote_running:
+            return problem
+        try:
+            self.paths.status(record.obsid).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # read-only now: nothing more can be done here; the executor reports it
+            self._say(f"{record.obsid}: cannot remove its running record ({describe_os_error(exc, 'remove')})")
+            return problem
+        return self._write(record)
 
     def _count(self, state: str) -> None:
         self.counts[state] = self.counts.get(state, 0) + 1
