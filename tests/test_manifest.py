@@ -102,3 +102,78 @@ def test_manifest_with_empty_target_name_round_trips(tmp_path):
     back = read_manifest(tmp_path / "m.ecsv")
     assert back.rows[0].target_name == ""
     assert back.digest() == manifest.digest()
+
+
+def _edit(path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def _data_lines(path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("duplicate", r"row 3: ObsID 10019-01-00-01 is listed twice \(first at row 2\)"),
+        ("task_out_of_range", r"row 1: task 7 is out of range: the manifest's n_tasks is 3"),
+        ("task_gap", r"task 1 has no rows although tasks run 0..2"),
+        ("negative_task", r"row 1: task -1 is negative"),
+        ("bad_type", r"row 2: .*exposure_s"),
+        ("no_column", r"lacks column 'task'"),
+        ("not_ecsv", r"unreadable manifest"),
+    ],
+)
+def test_inconsistent_manifests_are_refused_naming_the_row(tmp_path, damage, message):
+    path = tmp_path / "manifest.ecsv"
+    manifest = build_manifest(observations(6), 2, {})
+    manifest.write(path)
+    lines = path.read_text().splitlines(keepends=True)
+    header = [line for line in lines if line.startswith("#")]
+    body = [line for line in lines if not line.startswith("#")]
+    names = body[0].split()
+    rows = [line.split(" ") for line in body[1:]]
+    task = names.index("task")
+    if damage == "duplicate":
+        rows[2][names.index("obsid")] = rows[1][names.index("obsid")]
+    elif damage == "task_out_of_range":
+        rows[0][task] = "7\n"
+    elif damage == "task_gap":
+        rows = [[*r[:task], ("0\n" if r[task].strip() == "1" else r[task])] for r in rows]
+    elif damage == "negative_task":
+        rows[0][task] = "-1\n"
+    elif damage == "bad_type":
+        pass
+    if damage == "no_column":
+        table = manifest.to_table()
+        table.remove_column("task")
+        table.write(path, format="ascii.ecsv", overwrite=True)
+    elif damage == "not_ecsv":
+        path.write_text("[1, 2]\n")
+    elif damage == "bad_type":
+        table = manifest.to_table()
+        table["exposure_s"] = table["exposure_s"].astype(str)
+        table["exposure_s"][1] = "lots"
+        table.write(path, format="ascii.ecsv", overwrite=True)
+    else:
+        path.write_text("".join(header) + body[0] + "".join(" ".join(r) for r in rows))
+    with pytest.raises(DataError, match=message) as info:
+        read_manifest(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_target_column_round_trips_and_is_absent_for_one_target(tmp_path):
+    obs = [Observation(o.obsid, o.cycle, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec,
+                       target="eta car" if i % 2 else "gx 339-4") for i, o in enumerate(observations(8))]
+    manifest = build_manifest(obs, 3, {})
+    manifest.write(tmp_path / "m.ecsv")
+    back = read_manifest(tmp_path / "m.ecsv")
+    assert [r.target for r in back.rows] == [r.target for r in manifest.rows]
+    assert back.targets == ("gx 339-4", "eta car")
+    one = build_manifest(observations(3), 3, {})
+    one.write(tmp_path / "one.ecsv")
+    assert "target_name" in (tmp_path / "one.ecsv").read_text()
+    assert " target " not in _data_lines(tmp_path / "one.ecsv")[0] + " "
+    assert read_manifest(tmp_path / "one.ecsv").targets == ()

@@ -22,6 +22,8 @@ from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.obsid import ObsID, check_cycle
 
 COLUMNS = ("index", "obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec", "task")
+#: With several configured targets: the configured target whose cone holds the row (DESIGN.md "Manifest").
+TARGET_COLUMN = "target"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ManifestRow:
     ra: float
     dec: float
     task: int
+    target: str = ""  # the configured target (several-targets runs); "" for a one-target run
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Observation:
     exposure_s: float = math.nan
     ra: float = math.nan
     dec: float = math.nan
+    target: str = ""
 
     @property
     def prnb(self) -> int:
@@ -82,15 +86,28 @@ class Manifest:
             totals[r.task] += _weight(r.exposure_s)
         return totals
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The configured targets of a several-targets run, in first-appearance order (empty for one target)."""
+        return tuple(dict.fromkeys(r.target for r in self.rows if r.target))
+
     def to_table(self) -> Table:
-        t = Table(
-            rows=[
-                (r.index, r.obsid.text, r.cycle, r.prnb, r.target_name, r.time_mjd, r.exposure_s, r.ra, r.dec, r.task)
-                for r in self.rows
-            ],
-            names=COLUMNS,
-            dtype=(np.int64, "U15", np.int64, np.int64, "U64", np.float64, np.float64, np.float64, np.float64, np.int64),
-        )
+        dtypes = (np.int64, "U15", np.int64, np.int64, "U64", np.float64, np.float64, np.float64, np.float64, np.int64)
+        values = [
+            [r.index for r in self.rows],
+            [r.obsid.text for r in self.rows],
+            [r.cycle for r in self.rows],
+            [r.prnb for r in self.rows],
+            [r.target_name for r in self.rows],
+            [r.time_mjd for r in self.rows],
+            [r.exposure_s for r in self.rows],
+            [r.ra for r in self.rows],
+            [r.dec for r in self.rows],
+            [r.task for r in self.rows],
+        ]
+        t = Table([np.array(v, dtype=d) for v, d in zip(values, dtypes)], names=COLUMNS)
+        if self.targets:
+            t[TARGET_COLUMN] = np.array([r.target for r in self.rows], dtype="U64")
         t.meta.update(dict(self.meta))
         t["time_mjd"].unit = "d"
         t["exposure_s"].unit = "s"
@@ -111,41 +128,113 @@ class Manifest:
 
 
 def read_manifest(path: Path) -> Manifest:
-    """Read a manifest; a missing file says to run `plan`, a broken one names the file."""
+    """Read a manifest and check it is consistent; a missing file says to run `plan`, a bad one names the row.
+
+    A hand-edited manifest is refused when a later step would go wrong on it:
+    a duplicated ObsID (merged twice), a `task` outside 0..n_tasks-1 or a task
+    number with no rows (never run, or an array index `work` rejects), a
+    missing column, a value of the wrong type.
+    """
     if not path.is_file():
         raise UsageError(f"{path}: no manifest; run `rxte-hpc plan CONFIG` first")
     try:
         t = Table.read(path, format="ascii.ecsv")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from exc
+    except Exception as exc:  # astropy's ECSV and YAML readers raise many types on a damaged file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: unreadable manifest ({type(exc).__name__}: {reason[:160]})") from None
     missing = [c for c in COLUMNS if c not in t.colnames]
     if missing:
         raise DataError(f"{path}: manifest lacks column {missing[0]!r}")
+    cols = {c: _column(t, c) for c in COLUMNS}
+    targets = _column(t, TARGET_COLUMN) if TARGET_COLUMN in t.colnames else None
     rows = []
-    for i, rec in enumerate(t):
+    seen: dict[ObsID, int] = {}
+    for i in range(len(t)):
+        where = f"{path}: row {i + 1}"
         try:
-            rows.append(
-                ManifestRow(
-                    index=int(rec["index"]),
-                    obsid=ObsID.parse(str(rec["obsid"])),
-                    cycle=check_cycle(int(rec["cycle"])),
-                    prnb=int(rec["prnb"]),
-                    target_name=_text(rec["target_name"]),
-                    time_mjd=float(rec["time_mjd"]),
-                    exposure_s=float(rec["exposure_s"]),
-                    ra=float(rec["ra"]),
-                    dec=float(rec["dec"]),
-                    task=int(rec["task"]),
-                )
+            obsid = ObsID.parse(cols["obsid"][i])
+            row = ManifestRow(
+                index=_int(cols["index"][i], "index"),
+                obsid=obsid,
+                cycle=check_cycle(_int(cols["cycle"][i], "cycle")),
+                prnb=_int(cols["prnb"][i], "prnb"),
+                target_name=_cell_text(cols["target_name"][i]),
+                time_mjd=_float(cols["time_mjd"][i], "time_mjd"),
+                exposure_s=_float(cols["exposure_s"][i], "exposure_s"),
+                ra=_float(cols["ra"][i], "ra"),
+                dec=_float(cols["dec"][i], "dec"),
+                task=_int(cols["task"][i], "task"),
+                target=_cell_text(targets[i]) if targets is not None else "",
             )
-        except (ValueError, DataError) as exc:
-            raise DataError(f"{path}: row {i + 1}: {exc}") from exc
-    return Manifest(tuple(rows), dict(t.meta))
+        except (ValueError, TypeError, DataError) as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if obsid in seen:
+            raise DataError(f"{where}: ObsID {obsid} is listed twice (first at row {seen[obsid] + 1}); "
+                            "each ObsID is planned once")
+        seen[obsid] = i
+        if row.task < 0:
+            raise DataError(f"{where}: task {row.task} is negative")
+        rows.append(row)
+    meta = dict(t.meta)
+    _check_tasks(path, rows, meta)
+    return Manifest(tuple(rows), meta)
 
 
-def _text(value: object) -> str:
-    """A string cell; ECSV reads an empty string back as masked, which str() would make '--'."""
-    return "" if np.ma.is_masked(value) else str(value)
+def _column(t: Table, name: str) -> list[Any]:
+    """A column as Python values, masked cells as None (tolist is ~20x faster than iterating rows)."""
+    col = t[name]
+    if getattr(col, "mask", None) is not None and np.any(col.mask):
+        return [None if m else v for v, m in zip(col.data.data.tolist(), np.asarray(col.mask).tolist())]
+    return list(np.asarray(col).tolist())
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{name} is not a whole number: {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{name} is not a whole number: {value!r}")
+        return int(value)
+    if isinstance(value, (int, str)):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{name} is not a whole number: {value!r}") from None
+    raise ValueError(f"{name} is not a whole number: {value!r}")
+
+
+def _float(value: Any, name: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        raise ValueError(f"{name} is not a number: {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is not a number: {value!r}") from None
+
+
+def _cell_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _check_tasks(path: Path, rows: Sequence[ManifestRow], meta: Mapping[str, Any]) -> None:
+    """Tasks are exactly 0..n_tasks-1, each with at least one row, and agree with the metadata's n_tasks."""
+    n_meta = meta.get("n_tasks")
+    used = sorted({r.task for r in rows})
+    n_tasks = (used[-1] + 1) if used else 0
+    if n_meta is not None:
+        if isinstance(n_meta, bool) or not isinstance(n_meta, int) or n_meta < 1:
+            raise DataError(f"{path}: metadata n_tasks is not a positive whole number: {n_meta!r}")
+        for i, r in enumerate(rows):
+            if r.task >= n_meta:
+                raise DataError(f"{path}: row {i + 1}: task {r.task} is out of range: "
+                                f"the manifest's n_tasks is {n_meta} (tasks 0..{n_meta - 1})")
+        n_tasks = n_meta
+    if len(used) != n_tasks:
+        gap = next(t for t in range(n_tasks) if t not in set(used))
+        raise DataError(f"{path}: task {gap} has no rows although tasks run 0..{n_tasks - 1}: "
+                        "tasks must be contiguous (an array element would run nothing)")
 
 
 def _weight(exposure: float) -> float:
@@ -180,7 +269,7 @@ def build_manifest(observations: Iterable[Observation], obs_per_task: int, meta:
     n_tasks = max(1, math.ceil(len(ordered) / obs_per_task))
     tasks = assign_tasks([o.exposure_s for o in ordered], n_tasks)
     rows = tuple(
-        ManifestRow(i, o.obsid, o.cycle, o.prnb, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec, tasks[i])
+        ManifestRow(i, o.obsid, o.cycle, o.prnb, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec, tasks[i], o.target)
         for i, o in enumerate(ordered)
     )
     full_meta = {**meta, "n_tasks": n_tasks, "obs_per_task": obs_per_task, "n_obsids": len(rows)}

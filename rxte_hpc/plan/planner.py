@@ -23,7 +23,7 @@ from rxte_hpc import __version__
 from rxte_hpc.archive.local import ensure_simulated
 from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
 from rxte_hpc.core.errors import DataError, RxteError, UsageError
-from rxte_hpc.core.manifest import Manifest, Observation, build_manifest
+from rxte_hpc.core.manifest import Manifest, Observation, build_manifest, read_manifest
 from rxte_hpc.core.obsid import InvalidObsID, ObsID, check_cycle, is_pointing
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.plan.tap import query_observations
@@ -325,14 +325,25 @@ def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -
     would silently remap which array index does which ObsID.
     """
     paths = RunPaths(config.run_dir)
-    ran = sorted(paths.status_dir.glob("*.json")) if paths.status_dir.is_dir() else []
+    ran = paths.has_records()
     if ran and not force:
         raise UsageError(
-            f"{paths.manifest}: tasks already ran ({len(ran)} status records in {paths.status_dir}); "
+            f"{paths.manifest}: tasks already ran (status records in {paths.status_dir}); "
             "the manifest is immutable once tasks started. Use a new run_dir, or --force to replace it"
         )
     if ran and force:
-        log.warning("replacing %s although %d status records exist (--force)", paths.manifest, len(ran))
+        log.warning("replacing %s although status records exist (--force)", paths.manifest)
     manifest.write(paths.manifest)
     log.info("wrote %s: %d ObsIDs in %d tasks", paths.manifest, len(manifest.rows), manifest.n_tasks)
     return paths.manifest
+
+
+def ensure_manifest(config: Config) -> Manifest:
+    """The run's manifest, planning and writing it first when there is none (what `run` and `submit` need)."""
+    paths = RunPaths(config.run_dir)
+    if paths.manifest.is_file():
+        return read_manifest(paths.manifest)
+    manifest = plan(config)
+    write_manifest(config, manifest)
+    log.info("planned %d ObsIDs in %d tasks: %s", len(manifest.rows), manifest.n_tasks, paths.manifest)
+    return manifest
