@@ -15,6 +15,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.time import Time
 
+from rxte_hpc.core.errors import DataError
 from rxte_hpc.fits.lcfile import RXTE_TIMEREF, LightCurve, TimeRef, lightcurve_bytes, read_lightcurve, read_lightcurves
 
 DATA = Path(__file__).parent / "data"
@@ -173,3 +174,62 @@ def test_several_bands_are_read_by_name():
     curves = read_lightcurves(io.BytesIO(lightcurve_bytes([soft, hard])))
     assert [c.name for c in curves] == ["SOFT", "HARD"]  # FITS EXTNAMEs are upper case
     np.testing.assert_array_equal(read_lightcurve(io.BytesIO(lightcurve_bytes([soft, hard])), "HARD").rate, lc.rate * 2)
+
+
+@pytest.mark.parametrize("column", ["ERROR", "FRACEXP"])
+def test_a_missing_column_is_refused_not_made_up(tmp_path, column):
+    """No ERROR = sqrt(|RATE|), no FRACEXP = 1: a curve without them fails naming the file and column."""
+    with fits.open(REAL, memmap=False) as hdul:
+        cols = [c for c in hdul[1].columns if c.name != column]
+        ext = fits.BinTableHDU.from_columns(cols, header=hdul[1].header)
+        path = tmp_path / f"no_{column}.lc"
+        fits.HDUList([hdul[0].copy(), ext]).writeto(path, output_verify="silentfix")
+    with pytest.raises(DataError, match=rf"no_{column}\.lc: extension RATE has no {column} column"):
+        read_lightcurves(path)
+
+
+def test_non_finite_time_is_refused(tmp_path):
+    def nan_time(header, data):
+        data["TIME"][5] = np.nan
+
+    path = _rewrite(tmp_path, "nan_time.lc", nan_time)
+    with pytest.raises(DataError, match=r"nan_time\.lc: extension RATE has 1 non-finite TIME"):
+        read_lightcurves(path)
+
+
+def test_a_flipped_byte_fails_the_checksum(tmp_path):
+    lc = read_lightcurve(REAL)
+    data = bytearray(lightcurve_bytes([lc]))
+    path = tmp_path / "ok.lc"
+    path.write_bytes(bytes(data))
+    assert read_lightcurves(path, verify_checksum=True)[0].n_rows == lc.n_rows
+    with fits.open(path) as hdul:
+        start = len(hdul[0].header.tostring()) + len(hdul[1].header.tostring())
+    data[start + 9] ^= 0x40  # a byte of the first RATE value: the file still parses
+    path.write_bytes(bytes(data))
+    assert read_lightcurves(path)[0].n_rows == lc.n_rows
+    with pytest.raises(DataError, match=r"ok\.lc: .*verification failed"):
+        read_lightcurves(path, verify_checksum=True)
+
+
+def test_written_headers_say_what_a_referee_needs():
+    """TELESCOP/INSTRUME/OBJECT on the RATE extension, DATE-OBS/END, EXPOSURE, ONTIME, provenance on both."""
+    lc = read_lightcurve(REAL)
+    gti = np.array([[lc.time[0], lc.time[0] + 160.0], [lc.time[20], lc.time[20] + 320.0]])
+    fracexp = np.full(lc.n_rows, 0.5)
+    rate = lc.rate.copy()
+    rate[:4] = np.nan
+    curve = LightCurve(lc.time, rate, lc.error, fracexp, lc.timedel, lc.ref, gti=gti, keywords={"OBJECT": "SS_CYGNI"})
+    provenance = {"CREATOR": "rxte-hpc 9.9", "BACKEND": ("native", "extractor"), "PCULIST": "ALL", "LAYERS": "1",
+                  "FILTER": "(ELV > 4) && (OFFSET < 0.1)"}
+    with fits.open(io.BytesIO(lightcurve_bytes([curve], provenance))) as hdul:
+        for hdr in (hdul[0].header, hdul[1].header):
+            assert (hdr["TELESCOP"], hdr["INSTRUME"], hdr["OBJECT"]) == ("XTE", "PCA", "SS_CYGNI")
+            # DATE-OBS/DATE-END from astropy.time on the GTI edges, in the file's TIMESYS (TT)
+            assert hdr["DATE-OBS"] == _absolute(49353, 6.965740740000e-04, gti[0, 0]).strftime("%Y-%m-%dT%H:%M:%S")
+            assert hdr["DATE-END"] == _absolute(49353, 6.965740740000e-04, gti[1, 1]).strftime("%Y-%m-%dT%H:%M:%S")
+            assert hdr["CREATOR"] == "rxte-hpc 9.9" and hdr["BACKEND"] == "native" and hdr["LAYERS"] == "1"
+            assert hdr["FILTER"] == "(ELV > 4) && (OFFSET < 0.1)"
+        ext = hdul[1].header
+        assert ext["EXPOSURE"] == pytest.approx(0.5 * 16.0 * (lc.n_rows - 4))
+        assert ext["ONTIME"] == pytest.approx(480.0)

@@ -14,6 +14,7 @@ import pytest
 from astropy.io import fits
 
 from rxte_hpc.cli import main
+from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.fits.lcfile import read_lightcurve
 
 DATA = Path(__file__).with_name("data")
@@ -45,7 +46,7 @@ def test_real_products_pass_through_exactly(run):
     cfg, run_dir = run
     assert main(["run", str(cfg), "--workers", "1"]) == 0
     for obsid, (_, name) in REAL.items():
-        lc = read_lightcurve(run_dir / "lc" / f"{obsid}.lc")
+        lc = read_lightcurve(RunPaths(run_dir).lc(obsid))
         t, rate, err, header = expected(name)
         np.testing.assert_array_equal(lc.time, t)
         np.testing.assert_array_equal(lc.rate, rate)
@@ -55,7 +56,7 @@ def test_real_products_pass_through_exactly(run):
         assert lc.keywords["CHMIN"] == 5 and lc.keywords["CHMAX"] == 21
         assert lc.keywords["E_MIN"] == 2.0 and lc.keywords["E_MAX"] == 9.0
     # an ObsID without the product is no_data, not a failure
-    rec = json.loads((run_dir / "status" / "50011-01-02-00.json").read_text())
+    rec = json.loads(RunPaths(run_dir).status("50011-01-02-00").read_text())
     assert rec["state"] == "no_data" and "xp500110102" in rec["error"]
     merged = read_lightcurve(run_dir / "merged.lc")
     assert merged.n_rows == sum(len(expected(n)[0]) for _, n in REAL.values())
@@ -66,5 +67,6 @@ def test_other_band_missing_is_no_data(run, tmp_path):
     cfg, run_dir = run
     cfg.write_text(cfg.read_text().replace("stdprod_band: a", "stdprod_band: e"))
     assert main(["run", str(cfg), "--workers", "1"]) == 1  # nothing to merge at all: data error
-    states = {p.stem: json.loads(p.read_text())["state"] for p in (run_dir / "status").glob("*.json")}
+    paths = RunPaths(run_dir)
+    states = {o: json.loads(paths.status(o).read_text())["state"] for o in [*REAL, "50011-01-02-00"]}
     assert set(states.values()) == {"no_data"}

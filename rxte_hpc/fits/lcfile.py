@@ -10,6 +10,7 @@ times (LESSONS.md), hence the care here.
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import math
 import re
@@ -22,6 +23,7 @@ from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.fits.writer import CardError, Col, primary_bytes, table_bytes
@@ -38,6 +40,11 @@ _TIME_KEYWORDS = frozenset(
     "TIMEZERO TIMEZERI TIMEZERF MJDREF MJDREFI MJDREFF TSTART TSTARTI TSTARTF TSTOP TSTOPI "
     "TSTOPF TIMEUNIT TIMEPIXR TIMEDEL TIMESYS".split()
 )
+#: Keywords computed from the curve itself when a file is written (a copied value could describe other rows).
+_DERIVED_KEYWORDS = frozenset("DATE-OBS TIME-OBS DATE-END TIME-END EXPOSURE ONTIME TELAPSE".split())
+#: The columns a light curve must have: nothing is made up for a missing one.
+REQUIRED_COLUMNS = ("TIME", "RATE", "ERROR", "FRACEXP")
+_MJD_ZERO = dt.datetime(1858, 11, 17)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,12 @@ class TimeRef:
     def mjd(self, seconds: np.ndarray | float) -> np.ndarray | float:
         """Times (s since this reference) as MJD in TIMESYS, for plots and summaries."""
         return self.mjdrefi + (self.mjdreff + np.asarray(seconds, dtype=float) / SECONDS_PER_DAY)
+
+    def isot(self, seconds: float) -> str:
+        """A time (s since this reference) as 'YYYY-MM-DDThh:mm:ss' in TIMESYS (DATE-OBS, DATE-END)."""
+        # truncated to the second, as strftime does (a start stamp never moves into the next second)
+        when = _MJD_ZERO + dt.timedelta(days=self.mjdrefi, seconds=self.mjdreff * SECONDS_PER_DAY + float(seconds))
+        return when.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 RXTE_TIMEREF = TimeRef()
@@ -214,6 +227,22 @@ class LightCurve:
             return float(np.max(self.gti[:, 1]))
         return float(self.time[-1] + self.timedel) if self.n_rows else 0.0
 
+    @property
+    def exposure(self) -> float:
+        """EXPOSURE (s): sum of FRACEXP x TIMEDEL over the rows with a finite RATE.
+
+        The time the rates were accumulated over, per bin as saextrct counts it
+        (not multiplied by the number of PCUs; dead time is in the rates when DEADAPP = T).
+        """
+        good = np.isfinite(self.rate) & np.isfinite(self.fracexp)
+        return float(np.sum(self.fracexp[good]) * self.timedel)
+
+    @property
+    def ontime(self) -> float:
+        """ONTIME (s): the summed length of the good time intervals (of the bins when there is no GTI)."""
+        gti = self.gti if self.gti is not None and len(self.gti) else bins_as_gti(self.time, self.timedel)
+        return float(np.sum(gti[:, 1] - gti[:, 0])) if len(gti) else 0.0
+
 
 def _is_lightcurve_hdu(hdu: fits.hdu.base.ExtensionHDU) -> bool:
     if not isinstance(hdu, fits.BinTableHDU):
@@ -250,18 +279,24 @@ def _lightcurve_from_hdu(hdu: fits.BinTableHDU, gti: np.ndarray | None, where: s
     hdr = hdu.header
     data = hdu.data
     names = {n.upper(): n for n in hdu.columns.names}
-    if "TIME" not in names or "RATE" not in names:
-        raise DataError(f"{where}: extension {hdr.get('EXTNAME', '?')} has no TIME/RATE columns")
+    extname = str(hdr.get("EXTNAME", "?")).strip()
+    for column in REQUIRED_COLUMNS:
+        if column not in names:
+            # a curve without ERROR or FRACEXP is not merged with made-up values (sqrt(RATE), 1)
+            raise DataError(f"{where}: extension {extname} has no {column} column")
     timedel = read_timedel(hdr)
     if timedel is None:
         raise DataError(f"{where}: light curve has no TIMEDEL")
     time = absolute_times(data[names["TIME"]], hdr)
+    bad_time = int(np.count_nonzero(~np.isfinite(time)))
+    if bad_time:
+        raise DataError(f"{where}: extension {extname} has {bad_time} non-finite TIME value(s)")
     timepixr = float(hdr.get("TIMEPIXR", 0.0))
     if timepixr:
         time = time - timepixr * timedel
     rate = np.asarray(data[names["RATE"]], dtype=np.float64)
-    error = np.asarray(data[names["ERROR"]], dtype=np.float64) if "ERROR" in names else np.sqrt(np.abs(rate))
-    fracexp = np.asarray(data[names["FRACEXP"]], dtype=np.float64) if "FRACEXP" in names else np.ones(len(time))
+    error = np.asarray(data[names["ERROR"]], dtype=np.float64)
+    fracexp = np.asarray(data[names["FRACEXP"]], dtype=np.float64)
     known = {"TIME", "RATE", "ERROR", "FRACEXP"}
     columns = {names[n]: np.asarray(data[names[n]]) for n in names if n not in known}
     keywords = {k: hdr[k] for k in hdr if k and k not in _TIME_KEYWORDS and not _structural(k)}
@@ -291,10 +326,11 @@ def _structural(key: str) -> bool:
     )
 
 
-def read_lightcurves(path: str | Path | BinaryIO) -> list[LightCurve]:
+def read_lightcurves(path: str | Path | BinaryIO, *, verify_checksum: bool = False) -> list[LightCurve]:
     """Every light-curve extension of a file (one per band), each with the file's GTI.
 
-    Raises DataError naming the file when it is not a readable light curve.
+    Raises DataError naming the file when it is not a readable light curve, or
+    (`verify_checksum`) when an HDU's CHECKSUM or DATASUM does not match its bytes.
     """
     where = str(path) if not hasattr(path, "read") else getattr(path, "name", "<stream>")
     try:
@@ -304,12 +340,19 @@ def read_lightcurves(path: str | Path | BinaryIO) -> list[LightCurve]:
             seen = stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always", fits.verify.VerifyWarning)
             stream = path if hasattr(path, "read") else stack.enter_context(open(path, "rb"))
+            if verify_checksum:
+                warnings.simplefilter("always", AstropyUserWarning)
             try:
-                hdul = stack.enter_context(fits.open(stream, memmap=False))
+                hdul = stack.enter_context(fits.open(stream, memmap=False, checksum=verify_checksum))
             except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error) as exc:
                 told = "; ".join(str(w.message).splitlines()[0] for w in seen)
                 raise DataError(f"{where}: not a readable FITS light curve ({type(exc).__name__}: {exc}"
                                 + (f"; {told}" if told else "") + ")") from exc
+            if verify_checksum:
+                hdul.readall()  # astropy checks each HDU's sums as it reads it
+                failed = [str(w.message).strip() for w in seen if "verification failed" in str(w.message)]
+                if failed:
+                    raise DataError(f"{where}: {failed[0].rstrip('.')}: the file changed after it was written")
             lc_hdus = [h for h in hdul[1:] if _is_lightcurve_hdu(h)]
             gti_hdus = [h for h in hdul[1:] if _is_gti_hdu(h)]
             if not lc_hdus:
@@ -363,14 +406,48 @@ def _card(key: str, value: Any) -> Card:
     return (key, value, "")
 
 
-def _lightcurve_parts(lc: LightCurve) -> tuple[list[Col], list[Card]]:
+#: Provenance given for the primary header that every light-curve extension carries too (a reader of one
+#: extension, e.g. `Table.read(path, hdu="RATE")`, sees what made it), unless the curve has its own value.
+_ON_EVERY_EXTENSION = ("OBS_ID", "CREATOR", "BACKEND", "BACKENDV", "PCULIST", "LAYERS", "FILTER", "CONFHASH")
+#: Written by the writer itself, never copied from a curve's keywords.
+_WRITER_CARDS = ("HDUCLASS", "HDUCLAS1", "HDUCLAS3", "HDUVERS1", "LONGSTRN")
+
+
+def _date_cards(ref: TimeRef, tstart: float, tstop: float) -> list[Card]:
+    return [("DATE-OBS", ref.isot(tstart), f"start of the first good interval ({ref.timesys})"),
+            ("DATE-END", ref.isot(tstop), f"end of the last good interval ({ref.timesys})")]
+
+
+def extraction_keywords(backend: str, pculist: str, layerlist: str, filter_expr: str) -> dict[str, Any]:
+    """What a referee needs to know of an extraction: backend, PCUs and layers summed, the filter.
+
+    For the `stdprod` backend HEASARC chose PCUs, layers and screening, not the
+    config: its extractor states them per curve (from the product's ROWIDn
+    keywords), so only the backend is given here.
+    """
+    out: dict[str, Any] = {"BACKEND": (backend, "extractor of the per-ObsID light curves")}
+    if backend != "stdprod":
+        out["PCULIST"] = (pculist, "PCUs summed (pcaextlc2 pculist)")
+        out["LAYERS"] = (layerlist, "anode layers summed (pcaextlc2 layerlist)")
+        out["FILTER"] = (filter_expr, "maketime screening expression on the filter file")
+    return out
+
+
+def _lightcurve_parts(lc: LightCurve, inherited: Mapping[str, Any] | None = None) -> tuple[list[Col], list[Card]]:
     """The RATE extension's columns and cards, with split time keywords as saextrct writes them."""
     # TIME is always double precision: float32 would lose seconds at RXTE's ~1e8 s
     cols = [Col("TIME", "D", np.asarray(lc.time, dtype=np.float64), "s")]
     cols += [_as_column(n, v) for n, v in (("RATE", lc.rate), ("ERROR", lc.error), ("FRACEXP", lc.fracexp))]
     cols += [_as_column(name, values) for name, values in lc.columns.items()]
-    cards = [_card(k, v) for k, v in lc.keywords.items() if k.upper() not in _TIME_KEYWORDS and not _structural(k.upper())]
-    cards = [c for c in cards if c[0] not in ("HDUCLASS", "HDUCLAS1", "HDUCLAS3", "HDUVERS1")]
+    keywords = {k.upper(): v for k, v in lc.keywords.items()}
+    for key in _ON_EVERY_EXTENSION:
+        if key not in keywords and inherited and key in inherited:
+            keywords[key] = inherited[key]
+    for key, value in (("TELESCOP", ("XTE", "mission")), ("INSTRUME", ("PCA", "instrument"))):
+        keywords.setdefault(key, value)
+    cards = [_card(k, v) for k, v in keywords.items()
+             if k not in _TIME_KEYWORDS and k not in _DERIVED_KEYWORDS and not _structural(k)]
+    cards = [c for c in cards if c[0] not in _WRITER_CARDS]
     if not any(c[0] == "HDUCLAS2" for c in cards):
         cards.append(("HDUCLAS2", "NET" if lc.keywords.get("BACKAPP", "BACKV" in lc.columns) else "TOTAL", ""))
     cards += [
@@ -380,6 +457,9 @@ def _lightcurve_parts(lc: LightCurve) -> tuple[list[Col], list[Card]]:
         ("HDUVERS1", "1.1.0", ""),
     ]
     cards += time_cards(lc.ref, tstart=lc.tstart, tstop=lc.tstop, timedel=lc.timedel, split=True)
+    cards += _date_cards(lc.ref, lc.tstart, lc.tstop)
+    cards += [("EXPOSURE", lc.exposure, "[s] sum of FRACEXP*TIMEDEL, rows with a RATE"),
+              ("ONTIME", lc.ontime, "[s] sum of the good time intervals")]
     return cols, cards
 
 
@@ -397,8 +477,12 @@ def _primary_cards(first: LightCurve, primary_keywords: Mapping[str, Any] | None
     cards: list[Card] = [("CONTENT", "LIGHT CURVE", "light curve file"), ("TELESCOP", "XTE", ""), ("INSTRUME", "PCA", "")]
     cards += [c for c in time_cards(first.ref, tstart=first.tstart, tstop=first.tstop, split=False, timepixr=None)
               if c[0] != "TIMEZERO"]
+    cards += _date_cards(first.ref, first.tstart, first.tstop)
     cards.append(("TIMVERSN", "OGIP/93-003", ""))
-    cards += [_card(k, v) for k, v in (primary_keywords or {}).items()]
+    fixed = {c[0] for c in cards}
+    if "OBJECT" in first.keywords and not (primary_keywords and "OBJECT" in primary_keywords):
+        cards.append(_card("OBJECT", first.keywords["OBJECT"]))
+    cards += [_card(k, v) for k, v in (primary_keywords or {}).items() if k not in fixed]
     return cards
 
 
@@ -414,9 +498,9 @@ def _astropy_hdu(name: str, cols: list[Col], cards: list[Card]) -> fits.BinTable
     return hdu
 
 
-def lightcurve_hdu(lc: LightCurve) -> fits.BinTableHDU:
-    """The OGIP RATE extension for `lc` as an astropy HDU."""
-    return _astropy_hdu(lc.name, *_lightcurve_parts(lc))
+def lightcurve_hdu(lc: LightCurve, inherited: Mapping[str, Any] | None = None) -> fits.BinTableHDU:
+    """The OGIP RATE extension for `lc` as an astropy HDU (`inherited`: the primary's provenance keywords)."""
+    return _astropy_hdu(lc.name, *_lightcurve_parts(lc, inherited))
 
 
 def gti_hdu(gti: np.ndarray, ref: TimeRef, name: str = "GTI") -> fits.BinTableHDU:
@@ -435,7 +519,7 @@ def lightcurve_hdulist(
     primary = fits.PrimaryHDU()
     for key, value, comment in _primary_cards(curves[0], primary_keywords):
         primary.header[key] = (value, comment)
-    hdus: list[fits.hdu.base._BaseHDU] = [primary, *(lightcurve_hdu(lc) for lc in curves)]
+    hdus: list[fits.hdu.base._BaseHDU] = [primary, *(lightcurve_hdu(lc, primary_keywords) for lc in curves)]
     hdus.append(gti_hdu(_first_gti(curves[0]), curves[0].ref))
     hdus.extend(extra_hdus)
     return fits.HDUList(hdus)
@@ -444,22 +528,22 @@ def lightcurve_hdulist(
 def lightcurve_bytes(curves: Sequence[LightCurve], primary_keywords: Mapping[str, Any] | None = None) -> bytes:
     """The whole file in memory, so a caller can publish it atomically.
 
-    Serialised by `fitswriter` (astropy costs ~5 ms per extension, the bulk of
-    the worker's own cost per ObsID); keywords that do not fit one plain card
-    (long strings, HIERARCH names) fall back to astropy, which writes them
-    with CONTINUE cards.
+    Serialised by `fits.writer` with CHECKSUM/DATASUM on every HDU (astropy
+    costs ~14 ms per file, fitsio ~1.2 ms, the writer ~0.4 ms: see
+    benchmarks/bench_fitswriter.py); keywords the writer cannot write
+    (HIERARCH names, non-ASCII text) fall back to astropy, checksums included.
     """
     if not curves:
         raise ValueError("no light curve to write")
     try:
         parts = [primary_bytes(_primary_cards(curves[0], primary_keywords))]
         # EXTNAMEs upper-cased as astropy writes them, so both routes give the same file
-        parts += [table_bytes(lc.name.upper(), *_lightcurve_parts(lc)) for lc in curves]
+        parts += [table_bytes(lc.name.upper(), *_lightcurve_parts(lc, primary_keywords)) for lc in curves]
         parts.append(table_bytes("GTI", *_gti_parts(_first_gti(curves[0]), curves[0].ref)))
         return b"".join(parts)
     except CardError:
         buffer = io.BytesIO()
-        lightcurve_hdulist(curves, primary_keywords).writeto(buffer)
+        lightcurve_hdulist(curves, primary_keywords).writeto(buffer, checksum=True)
         return buffer.getvalue()
 
 
