@@ -1,8 +1,8 @@
-"""The `rxte-hpc` command line: parse, load the config, call the library, map errors to exit codes.
+"""The `rxte-hpc` command line: argparse verbs over the Python API (rxte_hpc.api), errors -> one line + exit code.
 
-Exit codes: 0 all good; 1 some ObsIDs failed or are missing (data); 2 usage
-or configuration error. Errors are one line on stderr naming what and where;
-a traceback means a bug in rxte-hpc.
+Exit codes: 0 all good; 1 some ObsIDs failed or are missing, or the site failed
+(data, disk, network); 2 usage or configuration error. Errors are one line on
+stderr naming what and where; a traceback means a bug in rxte-hpc.
 """
 from __future__ import annotations
 
@@ -15,16 +15,22 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from rxte_hpc import __version__
-from rxte_hpc.core.config import Config, load_config
+from rxte_hpc.api import Campaign, Products
 from rxte_hpc.core.errors import Interrupted, RxteError, UsageError
-from rxte_hpc.core.manifest import Manifest, read_manifest
-from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.status import RunSummary, format_counts
 
 log = logging.getLogger("rxte_hpc")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="YAML configuration file (see configs/demo.yaml)")
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every verb takes, before or after the verb's name (`rxte-hpc status CFG -v`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,26 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rxte-hpc {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common()
 
-    p = sub.add_parser("simulate", help="write a synthetic RXTE archive (real layout and formats)")
+    p = sub.add_parser("simulate", parents=[common], help="write a synthetic RXTE archive (real layout and formats)")
     p.add_argument("outdir", type=Path, help="directory to write AO<cycle>/P<prnb>/<obsid>/ and prepared/ into")
     p.add_argument("--n-obs", type=int, default=200, help="number of ObsIDs (default 200)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--with-broken", action="store_true", help="add deliberately broken ObsIDs (listed on output)")
 
-    p = sub.add_parser("plan", help="write <run_dir>/manifest.ecsv")
+    p = sub.add_parser("plan", parents=[common], help="write <run_dir>/manifest.ecsv")
     _add_config(p)
     p.add_argument("--dry-run", action="store_true", help="print the query, ObsID and task counts and time estimate; write nothing")
     p.add_argument("--force", action="store_true", help="overwrite a manifest whose tasks already ran")
     p.add_argument("--plot", action="store_true", help="also write the exposure-versus-time plot of the plan")
 
-    p = sub.add_parser("run", help="plan (if needed), extract every task locally, gather")
+    p = sub.add_parser("run", parents=[common], help="plan (if needed), extract every task locally, gather")
     _add_config(p)
     p.add_argument("--workers", type=int, default=None, help="local processes (default: CPUs available)")
     p.add_argument("--force", action="store_true", help="redo ObsIDs that are already done")
     p.add_argument("--allow-missing", action="store_true", help="exit 0 even when some ObsIDs failed")
 
-    p = sub.add_parser("work", help="extract one task, one ObsID, a Slurm array element or MPI ranks")
+    p = sub.add_parser("work", parents=[common], help="extract one task, one ObsID, a Slurm array element or MPI ranks")
     _add_config(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--task", type=int, help="task index: exactly what array element I runs")
@@ -67,32 +74,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("dynamic", "static"), default="dynamic", help="--mpi: ObsIDs to free ranks (dynamic) or each rank its tasks (static)")
     p.add_argument("--gather", action="store_true", help="--mpi: rank 0 gathers when all ranks finish")
 
-    p = sub.add_parser("submit", help="sbatch the array(s) and the dependent gather")
+    p = sub.add_parser("submit", parents=[common], help="sbatch the array(s) and the dependent gather")
     _add_config(p)
     p.add_argument("--dry-run", action="store_true", help="print rendered scripts and sbatch commands; submit nothing")
     p.add_argument("--mpi", action="store_true", help="one allocation running the MPI executor instead of an array")
 
-    p = sub.add_parser("status", help="per-task and per-ObsID state, from the status records")
+    p = sub.add_parser("status", parents=[common], help="per-task and per-ObsID state, from the status records")
     _add_config(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--scheduler", action="store_true", help="also ask squeue once for pending/running elements")
 
-    p = sub.add_parser("fetch", help="pre-stage remote archive files into the cache")
+    p = sub.add_parser("fetch", parents=[common], help="pre-stage remote archive files into the cache")
     _add_config(p)
     p.add_argument("--task", type=int, default=None, help="only this task's ObsIDs")
 
-    p = sub.add_parser("rerun", help="resubmit only tasks with missing/interrupted ObsIDs")
+    p = sub.add_parser("rerun", parents=[common], help="resubmit only tasks with missing/interrupted ObsIDs")
     _add_config(p)
     p.add_argument("--dry-run", action="store_true", help="name the tasks and print the command; submit nothing")
     p.add_argument("--include-failed", action="store_true", help="also tasks whose ObsIDs failed on data errors")
 
-    p = sub.add_parser("gather", help="merge per-ObsID light curves into <run_dir>/<gather.output>")
+    p = sub.add_parser("gather", parents=[common], help="merge per-ObsID light curves into <run_dir>/<gather.output>")
     _add_config(p)
     p.add_argument("--allow-missing", action="store_true", help="exit 0 even when some ObsIDs failed or are missing")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; returns the exit code (0, 1 data/site, 2 usage, 128+N after signal N)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -105,12 +113,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rxte-hpc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `rxte-hpc status CFG | head`: the reader left; say nothing more, exit as a pipe writer does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except RxteError as exc:
         print(f"rxte-hpc: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is at the time (callers of main() may replace it)."""
 
     def __init__(self) -> None:
@@ -133,8 +146,8 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _manifest(config: Config) -> Manifest:
-    return read_manifest(RunPaths(config.run_dir).manifest)
+def _campaign(args: argparse.Namespace) -> Campaign:
+    return Campaign.from_config(args.config)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -148,160 +161,98 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rxte_hpc.plan import planner
-
-    config = load_config(args.config)
-    manifest = planner.plan(config)
+    campaign = _campaign(args)
+    manifest = campaign.plan(force=args.force, dry_run=args.dry_run)
     if args.dry_run:
-        print(planner.describe_plan(config, manifest))
+        print(campaign.describe_plan(manifest))
         return 0
-    path = planner.write_manifest(config, manifest, force=args.force)
-    print(f"wrote {path}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks")
+    print(f"wrote {campaign.paths.manifest}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks")
     if args.plot:
         from rxte_hpc.products.plot import plot_exposure
 
-        print(f"wrote {plot_exposure(manifest, path.with_name('exposure.png'))}")
+        print(f"wrote {plot_exposure(manifest, campaign.paths.manifest.with_name('exposure.png'))}")
     return 0
 
 
-def ensure_manifest(config: Config) -> Manifest:
-    """The run's manifest, planning it first when there is none (what `run` and `submit` need)."""
-    from rxte_hpc.plan import planner
-
-    paths = RunPaths(config.run_dir)
-    if paths.manifest.is_file():
-        return read_manifest(paths.manifest)
-    manifest = planner.plan(config)
-    planner.write_manifest(config, manifest)
-    log.info("planned %d ObsIDs in %d tasks: %s", len(manifest.rows), manifest.n_tasks, paths.manifest)
-    return manifest
-
-
-def _check_backend(config: Config) -> None:
-    """Fail before any task starts when the extractor cannot run here (e.g. no HEASoft)."""
-    from rxte_hpc.archive.local import open_archive
-    from rxte_hpc.extract import ExtractContext, make_extractor
-
-    paths = RunPaths(config.run_dir)
-    make_extractor(ExtractContext(config, paths, open_archive(config, paths))).check_available()
+def _print_products(products: Products) -> None:
+    for p in products.paths:
+        label = {"lightcurve": "light curve:", "hardness": "hardness:", "plot": "plot:"}[p.kind]
+        print(f"{label:12s} {p.path}")
+    print(products.summary)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rxte_hpc.products.gather import run_gather
-    from rxte_hpc.run.local import run_local
-
-    config = load_config(args.config)
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, not {args.workers}")
-    _check_backend(config)
-    manifest = ensure_manifest(config)
-    run_local(config, manifest, workers=args.workers, force=args.force)
-    result = run_gather(config, allow_missing=args.allow_missing, manifest=manifest)
-    for out in result.outputs:
-        print(f"light curve: {out}")
-    if result.plot is not None:
-        print(f"plot:        {result.plot}")
-    print(result.summary)
-    return result.exit_code
+    campaign = _campaign(args)
+    campaign.run(workers=args.workers, force=args.force)
+    products = campaign.gather(allow_missing=args.allow_missing)
+    _print_products(products)
+    return products.exit_code
 
 
 def cmd_work(args: argparse.Namespace) -> int:
     from rxte_hpc.core.status import FINISHED
-    from rxte_hpc.run.worker import TaskRunner, WorkerIdentity, run_task
 
-    config = load_config(args.config)
+    campaign = _campaign(args)
     if args.mpi:
-        from rxte_hpc.run.mpi.executor import run_mpi
-
-        return run_mpi(config, force=args.force, schedule=args.schedule, gather=args.gather)
+        return campaign.work_mpi(force=args.force, schedule=args.schedule, gather=args.gather)
     if args.schedule != "dynamic" or args.gather:
         raise UsageError("--schedule and --gather go with --mpi")
-    _check_backend(config)
-    manifest = _manifest(config)
-    if args.obsid is not None:
-        row = manifest.row_for_obsid(args.obsid)
-        with TaskRunner(config, manifest, WorkerIdentity(label=f"obsid-{row.obsid}"), force=args.force) as runner:
-            records = [runner.process(row)]
-    else:
-        slurm_job = None
-        task = args.task
-        if args.slurm:
-            from rxte_hpc.run.slurm.submit import array_task_from_env
-
-            task, slurm_job = array_task_from_env(os.environ)
-        records = run_task(config, manifest, task, force=args.force, slurm_job=slurm_job)
+    records = campaign.work(task=args.task, obsid=args.obsid, slurm=args.slurm, force=args.force)
     bad = [r for r in records if r.state not in FINISHED]
     for r in bad:
-        print(f"{r.obsid}: {r.state}: {r.error}", file=sys.stderr)
+        print(f"{r.obsid}: {r.state}: {r.error or 'no error recorded'}", file=sys.stderr)
     return 1 if bad else 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from rxte_hpc.run.slurm.submit import submit
-
-    config = load_config(args.config)
-    return submit(config, dry_run=args.dry_run, mpi=args.mpi)
+    return _campaign(args).submit(dry_run=args.dry_run, mpi=args.mpi)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from rxte_hpc.run.slurm.submit import rerun
+    return _campaign(args).rerun(dry_run=args.dry_run, include_failed=args.include_failed)
 
-    config = load_config(args.config)
-    return rerun(config, dry_run=args.dry_run, include_failed=args.include_failed)
+
+def _print_status(campaign: Campaign, summary: RunSummary, scheduler: dict | None) -> None:
+    manifest_tasks = len(summary.per_task())
+    print(f"{campaign.config.run_dir}: {len(summary.states)} ObsIDs in {manifest_tasks} tasks: "
+          f"{format_counts(summary.counts())}")
+    for task, counts in summary.per_task().items():
+        if set(counts) - {"done", "no_data"}:
+            print(f"  task {task:5d}: {format_counts(counts)}")
+    for s in summary.with_state("failed", "interrupted"):
+        kind = s.record.error_kind if s.record else None
+        error = (s.record.error if s.record else "") or "no error recorded"
+        print(f"  {s.obsid} (task {s.task}) {s.state} [{kind or 'unknown'}]: {error}")
+    missing = summary.with_state("missing", "running")
+    if missing:
+        names = ", ".join(s.obsid for s in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        print(f"  not done ({len(missing)}): {names}")
+    if scheduler is not None:
+        print(f"  scheduler: {scheduler.get('summary', scheduler)}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rxte_hpc.core.status import RunSummary, format_counts
-
-    config = load_config(args.config)
-    manifest = _manifest(config)
-    summary = RunSummary.collect(manifest, RunPaths(config.run_dir), config.hash())
-    scheduler = None
-    if args.scheduler:
-        from rxte_hpc.run.slurm.submit import scheduler_states
-
-        scheduler = scheduler_states(config)
+    campaign = _campaign(args)
+    summary = campaign.status()
+    scheduler = campaign.scheduler_states() if args.scheduler else None
     if args.json:
         data = summary.to_json()
         if scheduler is not None:
             data["scheduler"] = scheduler
         print(json.dumps(data, indent=1))
     else:
-        print(f"{config.run_dir}: {len(summary.states)} ObsIDs in {manifest.n_tasks} tasks: {format_counts(summary.counts())}")
-        for task, counts in summary.per_task().items():
-            if set(counts) - {"done", "no_data"}:
-                print(f"  task {task:5d}: {format_counts(counts)}")
-        for s in summary.with_state("failed", "interrupted"):
-            kind = s.record.error_kind if s.record else None
-            error = s.record.error if s.record else ""
-            print(f"  {s.obsid} (task {s.task}) {s.state} [{kind}]: {error}")
-        missing = summary.with_state("missing", "running")
-        if missing:
-            names = ", ".join(s.obsid for s in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            print(f"  not done ({len(missing)}): {names}")
-        if scheduler is not None:
-            print(f"  scheduler: {scheduler.get('summary', scheduler)}")
+        _print_status(campaign, summary, scheduler)
     return 0 if summary.complete else 1
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from rxte_hpc.archive.remote import fetch_command
-
-    config = load_config(args.config)
-    return fetch_command(config, _manifest(config), task=args.task)
+    return _campaign(args).fetch(task=args.task)
 
 
 def cmd_gather(args: argparse.Namespace) -> int:
-    from rxte_hpc.products.gather import run_gather
-
-    config = load_config(args.config)
-    result = run_gather(config, allow_missing=args.allow_missing)
-    for out in result.outputs:
-        print(f"light curve: {out}")
-    if result.plot is not None:
-        print(f"plot:        {result.plot}")
-    print(result.summary)
-    return result.exit_code
+    products = _campaign(args).gather(allow_missing=args.allow_missing)
+    _print_products(products)
+    return products.exit_code
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

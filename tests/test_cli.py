@@ -15,6 +15,7 @@ from astropy.io import fits
 from rxte_hpc.cli import main
 from rxte_hpc.fits.lcfile import read_lightcurve
 from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.sim.simulate import simulate_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_whole_run_then_status_and_gather(tmp_path, archive, capsys):
     n_good = len(good)
     assert len(manifest.rows) == len(archive.observations) and len(archive.broken) == 3
     # broken ObsIDs fail or have no data; with failures the exit code is 1
-    records = {p.stem: json.loads(p.read_text()) for p in (run / "status").glob("*.json")}
+    records = {p.stem: json.loads(p.read_text()) for p in RunPaths(run).status_files()}
     assert len(records) == len(manifest.rows)
     states = {o: r["state"] for o, r in records.items()}
     for obs in good:
@@ -87,10 +88,10 @@ def test_work_task_and_obsid_match_run(tmp_path, archive, capsys):
     task = next(t for t in range(manifest.n_tasks) if all(r.obsid.text in good for r in manifest.rows_for_task(t)))
     assert main(["work", str(cfg), "--task", str(task)]) == 0
     for row in manifest.rows_for_task(task):
-        assert (tmp_path / "run" / "lc" / f"{row.obsid}.lc").is_file()
+        assert RunPaths(tmp_path / "run").lc(row.obsid).is_file()
     one = next(iter(sorted(good - {r.obsid.text for r in manifest.rows_for_task(task)})))
     assert main(["work", str(cfg), "--obsid", one]) == 0
-    assert (tmp_path / "run" / "lc" / f"{one}.lc").is_file()
+    assert RunPaths(tmp_path / "run").lc(one).is_file()
     assert main(["work", str(cfg), "--task", "999"]) == 2
     assert "out of range" in capsys.readouterr().err
 
@@ -142,9 +143,9 @@ def test_corrupt_light_curve_fails_that_obsid_alone(tmp_path, archive):
         src.write_bytes(data)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    rec = json.loads((tmp_path / "run" / "status" / f"{victim.obsid}.json").read_text())
+    rec = json.loads(RunPaths(tmp_path / "run").status(victim.obsid).read_text())
     assert rec["state"] == "failed" and rec["error_kind"] == "data" and str(src.name) in rec["error"]
-    assert not (tmp_path / "run" / "lc" / f"{victim.obsid}.lc").exists()
+    assert not RunPaths(tmp_path / "run").lc(victim.obsid).exists()
 
 
 def test_python_m_and_help():

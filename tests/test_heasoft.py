@@ -453,7 +453,7 @@ def test_rxte_hpc_run_end_to_end(tmp_path, monkeypatch):
     cfg = _etacar_variant(tmp_path, tmp_path / "run")
     assert cli.main(["run", str(cfg)]) == 0
     paths = RunPaths(tmp_path / "run")
-    assert len(list(paths.lc_dir.glob("*.lc"))) == 8
+    assert len(list(paths.lc_dir.rglob("*.lc"))) == 8
     with fits.open(tmp_path / "run" / "merged.lc") as hdul:
         assert hdul[1].header["EXTNAME"] == "RATE" and len(hdul[1].data) > 0
     monkeypatch.delenv("HEADAS")

@@ -95,13 +95,13 @@ def _mpi(cfg: Path, *args: str, n: int = 2, launcher: tuple[str, ...] = (), time
 
 
 def _records(run: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((run / "status").glob("*.json"))}
+    return {p.stem: json.loads(p.read_text()) for p in sorted((run / "status").rglob("*.json"))}
 
 
 def _extractions(run: Path) -> Counter:
     """How often each ObsID was extracted, from the per-rank/per-task logs (one line per ObsID processed)."""
     counts: Counter = Counter()
-    for log in (run / "logs" / "tasks").glob("*.log"):
+    for log in (run / "logs" / "tasks").rglob("*.log"):
         for obsid in re.findall(r": (\d{5}-\d{2}-\d{2}-\d{2}\w*) (?:done|failed|no_data) in", log.read_text()):
             counts[obsid] += 1
     return counts
@@ -156,7 +156,7 @@ def test_one_rank_runs_serially(tmp_path: Path, shared_archive: Path) -> None:
     records = _records(tmp_path / "run")
     assert set(records) == _manifest_obsids(cfg)
     assert {r["rank"] for r in records.values()} == {0}
-    assert [p.name for p in (tmp_path / "run" / "logs" / "tasks").iterdir()] == ["mpi-rank0000.log"]
+    assert [p.name for p in RunPaths(tmp_path / "run").task_log_files()] == ["mpi-rank0000.log"]
 
 
 @needs_mpiexec
@@ -183,7 +183,7 @@ def test_static_schedule_runs_tasks_by_rank(tmp_path: Path, shared_archive: Path
     records = _records(tmp_path / "run")
     assert set(records) == _manifest_obsids(cfg)
     assert all(r["rank"] == r["task"] % 2 for r in records.values())
-    logs = sorted(p.name for p in (tmp_path / "run" / "logs" / "tasks").iterdir())
+    logs = sorted(p.name for p in RunPaths(tmp_path / "run").task_log_files())
     assert logs == [f"task{t:05d}.log" for t in range(len(logs))]  # what array elements write
 
 

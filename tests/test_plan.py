@@ -20,6 +20,7 @@ from rxte_hpc.core.config import config_from_mapping
 from rxte_hpc.core.errors import DataError, SiteError, UsageError
 from rxte_hpc.fits.lcfile import RXTE_TIMEREF
 from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.plan.planner import describe_plan, plan, scan_archive, write_manifest
 from rxte_hpc.products.plot import plot_exposure
 from rxte_hpc.plan.tap import adql_number, build_adql
@@ -304,7 +305,8 @@ def test_write_manifest_refuses_after_tasks_ran_unless_forced(tmp_path):
     assert path == cfg.run_dir / "manifest.ecsv" and read_manifest(path).rows == manifest.rows
     assert write_manifest(cfg, manifest) == path  # nothing ran yet: replanning is fine
     (cfg.run_dir / "status").mkdir()
-    (cfg.run_dir / "status" / "10019-01-01-00.json").write_text("{}")
+    RunPaths(cfg.run_dir).status("10019-01-01-00").parent.mkdir(parents=True, exist_ok=True)
+    RunPaths(cfg.run_dir).status("10019-01-01-00").write_text("{}")
     before = path.read_bytes()
     with pytest.raises(UsageError, match="tasks already ran.*--force"):
         write_manifest(cfg, manifest)

@@ -29,7 +29,8 @@ from rxte_hpc.core.errors import DataError, NoDataError, UsageError
 from rxte_hpc.fits.lcfile import read_lightcurve
 from rxte_hpc.core.manifest import ManifestRow, read_manifest
 from rxte_hpc.core.paths import RunPaths
-from rxte_hpc.archive.remote import RemoteArchive, fetch_command
+from rxte_hpc.archive.remote import RemoteArchive
+from rxte_hpc.run.fetch import fetch as fetch_command
 from rxte_hpc.sim.simulate import SimArchive, simulate_archive
 from rxte_hpc.core.status import read_record
 
@@ -111,7 +112,7 @@ def lc_data(path: Path) -> tuple[np.ndarray, ...]:
 
 def assert_same_lcs(run_a: Path, run_b: Path, obsids: list[str]) -> None:
     for obsid in obsids:
-        a, b = lc_data(run_a / "lc" / f"{obsid}.lc"), lc_data(run_b / "lc" / f"{obsid}.lc")
+        a, b = lc_data(RunPaths(run_a).lc(obsid)), lc_data(RunPaths(run_b).lc(obsid))
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
 
@@ -250,22 +251,41 @@ def test_fetch_reports_404s_as_missing_and_does_only_one_task(sim, tmp_path, cap
     assert main(["fetch", str(cfg), "--task", "1"]) == 2  # out of range: usage error
 
 
-def test_fetch_for_native_takes_the_filter_and_standard2_files_and_lists_offline(sim, tmp_path):
+STANDIN = ROOT / "tests" / "heasoft_standin"
+
+
+def _records_of(cfg: Path) -> dict[str, str]:
+    config = load_config(cfg)
+    paths = RunPaths(config.run_dir)
+    return {r.obsid.text: read_record(paths, r.obsid.text).state for r in read_manifest(paths.manifest).rows}
+
+
+def test_fetch_for_native_with_prepared_products_downloads_nothing_and_the_run_needs_no_server(sim, tmp_path):
+    """native reads prepared products, never the archive's stdprod or pca files: fetch stages what it declares."""
     obsid = good_obsids(sim)[2]
-    row = row_of(sim, obsid)
     with serve_tree(sim.root) as server:
         cfg = write_config(tmp_path, sim, server.url, backend="native", only=[obsid])
+        cfg.write_text(cfg.read_text().replace("chmax: 10}", f"chmax: 10, prepared: '{sim.root / 'prepared'}'}}"))
         assert main(["plan", str(cfg)]) == 0
         assert main(["fetch", str(cfg)]) == 0
-    cache = tmp_path / "run" / "cache"
-    obsdir = sim.root / str(row.obsid.archive_dir(row.cycle))
-    std2 = sorted(p.name for p in (obsdir / "pca").glob("FS4a_*"))
-    fetched = [f for f in cache_files(cache) if not f.startswith(".listings")]
-    assert sorted(Path(f).name for f in fetched) == sorted([row.obsid.filter_file_name(), *std2])
-    # the server is gone: the saved listing answers, the cached files need no request
-    archive = RemoteArchive(server.url, cache, policy=FAST)
-    assert [n for n in archive.listdir(row, "pca") if n.startswith("FS4a_")] == std2
-    assert archive.file(row, f"pca/{std2[0]}").read_bytes() == (obsdir / "pca" / std2[0]).read_bytes()
+        assert not server.log, "fetch downloaded files the native backend never reads"
+    # the server is gone
+    assert main(["work", str(cfg), "--task", "0"]) == 0
+    assert _records_of(cfg) == {obsid: "done"}
+
+
+@pytest.mark.parametrize("backend", ["native", "heasoft"])
+def test_fetch_then_a_run_with_the_server_stopped_prepares_from_the_cache(sim, tmp_path, monkeypatch, backend):
+    """Without prepared products both backends run pcaprepobsid on the ObsID tree: fetch mirrors it, offline works."""
+    obsid = good_obsids(sim)[1]
+    monkeypatch.setenv("HEADAS", str(STANDIN))
+    with serve_tree(sim.root) as server:
+        cfg = write_config(tmp_path, sim, server.url, backend=backend, only=[obsid])
+        assert main(["plan", str(cfg)]) == 0
+        assert main(["fetch", str(cfg)]) == 0
+        assert server.log
+    assert main(["work", str(cfg), "--task", "0"]) == 0
+    assert _records_of(cfg) == {obsid: "done"}
 
 
 def test_fetch_for_heasoft_mirrors_whole_obsid_directories(sim, tmp_path):

@@ -47,7 +47,7 @@ def start_run(cfg: Path) -> subprocess.Popen:
 
 def finished_records(status_dir: Path) -> int:
     n = 0
-    for p in status_dir.glob("*.json") if status_dir.is_dir() else []:
+    for p in status_dir.rglob("*.json") if status_dir.is_dir() else []:
         try:
             if json.loads(p.read_text())["state"] != "running":
                 n += 1
@@ -57,7 +57,7 @@ def finished_records(status_dir: Path) -> int:
 
 
 def assert_nothing_half_written(run_dir: Path) -> None:
-    for p in (run_dir / "lc").glob("*.lc"):
+    for p in (run_dir / "lc").rglob("*.lc"):
         assert read_lightcurve(p).n_rows > 0
     finished_records(run_dir / "status")
 
@@ -96,7 +96,7 @@ def test_sigkill_then_run_again_gives_the_uninterrupted_result(archive, tmp_path
 
     proc = subprocess.run([sys.executable, "-m", "rxte_hpc", "run", str(cfg)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    records = [json.loads(p.read_text()) for p in status_dir.glob("*.json")]
+    records = [json.loads(p.read_text()) for p in status_dir.rglob("*.json")]
     assert len(records) == N_OBS and {r["state"] for r in records} == {"done"}
     ref, got = merged_table(reference / "run"), merged_table(killed / "run")
     assert ref.colnames == got.colnames

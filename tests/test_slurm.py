@@ -343,7 +343,7 @@ def test_live_chunked_arrays_then_gather(slurm_cluster, sim_archive, tmp_path, c
         job, index = records[row.obsid.text].slurm_job.split("_")
         assert int(index) + by_job[job] == row.task
     assert (run / "merged.lc").is_file()
-    assert len(list((run / "logs" / "tasks").glob("task*.log"))) == 12
+    assert len([p for p in RunPaths(run).task_log_files() if p.name.startswith("task")]) == 12
 
     capsys.readouterr()
     assert main(["status", str(cfg_path), "--scheduler"]) == 0

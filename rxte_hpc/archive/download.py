@@ -46,6 +46,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, TypeVar
 
 from rxte_hpc import __version__
+from rxte_hpc.core.safepath import CONTROL_RE, safe_relpath
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ _CHUNK = 256 * 1024
 _MAX_LISTING_BYTES = 16 * 1024 * 1024  # an index page larger than this is not an index page
 _MAX_TREE_DEPTH = 16  # an ObsID directory is 3 levels deep; a deeper tree is a server loop
 _THREAD_STRIPES = 64
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)
@@ -114,34 +114,10 @@ def validate_base_url(url: str) -> str:
         raise UsageError(f"archive URL must not contain credentials: {url!r}")
     if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
         raise UsageError(f"archive URL must not have a query or fragment: {url!r}")
-    if _CONTROL_RE.search(url) or " " in url.strip():
+    if CONTROL_RE.search(url) or " " in url.strip():
         raise UsageError(f"archive URL contains blanks or control characters: {url!r}")
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def safe_relpath(relpath: str | PurePosixPath) -> PurePosixPath:
-    """Return `relpath` as a path that cannot leave the cache directory, or raise UsageError.
-
-    Archive paths come from manifests and from server listings; a `..`, an absolute
-    path or a backslash there must not be able to write outside the cache. Empty
-    parts (`a//b`) and `.` are refused too, so one file has exactly one spelling
-    and therefore one lock. A single trailing '/' (a directory) is accepted.
-    """
-    text = str(relpath)
-    if text.endswith("/") and not text.endswith("//"):
-        text = text[:-1]
-    if not text:
-        raise UsageError("empty archive path")
-    if "\\" in text or _CONTROL_RE.search(text):
-        raise UsageError(f"archive path contains a backslash or control character: {text!r}")
-    if text.startswith("/"):
-        raise UsageError(f"archive path must be relative: {text!r}")
-    parts = text.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise UsageError(f"archive path has an empty, '.' or '..' component: {text!r}")
-    return PurePosixPath(*parts)
 
 
 def _is_reserved(name: str) -> bool:
@@ -194,7 +170,7 @@ def parse_index(html: str, dir_url: str) -> tuple[list[str], list[str]]:
         name = urllib.parse.unquote(rest[:-1] if is_dir else rest)
         if not name or name in (".", "..") or "/" in name:
             continue
-        if "\\" in name or _CONTROL_RE.search(name) or _is_reserved(name):
+        if "\\" in name or CONTROL_RE.search(name) or _is_reserved(name):
             log.warning("ignoring unsafe name %r in the listing of %s", name, dir_url)
             continue
         (subdirs if is_dir else files).add(name)

@@ -1,56 +1,19 @@
-"""Where an ObsID's files are: a local mirror, an HTTPS mirror through a cache, or a simulation.
-
-Paths are built from `cycle`, `prnb` and `obsid` (never from datalinks, which
-returned empty tables for a while: LESSONS.md). Every relative path is checked
-so that nothing can escape the archive root or the cache.
-"""
+"""A mounted archive mirror (SciServer's /FTP/rxte/data/archive) or the simulated one, and where prepared products live."""
 from __future__ import annotations
 
 import fcntl
 import logging
 import os
-from abc import ABC, abstractmethod
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from rxte_hpc.archive.base import Archive
 from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
-from rxte_hpc.core.errors import NoDataError, UsageError
+from rxte_hpc.core.errors import NoDataError
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.safepath import safe_relpath
 
 log = logging.getLogger(__name__)
-
-
-class Archive(ABC):
-    """Read access to archive files of one ObsID, by path relative to its directory."""
-
-    #: Human-readable location for messages and the manifest.
-    location: str
-
-    @abstractmethod
-    def file(self, row: ManifestRow, relpath: str) -> Path:
-        """A local path to `AO<c>/P<p>/<obsid>/<relpath>`; NoDataError when it does not exist."""
-
-    @abstractmethod
-    def listdir(self, row: ManifestRow, subdir: str) -> list[str]:
-        """File names in `<obsid dir>/<subdir>` (empty when the directory is absent)."""
-
-    @abstractmethod
-    def obsid_dir(self, row: ManifestRow) -> Path:
-        """The whole ObsID directory, locally (HEASoft's pcaprepobsid reads all of it)."""
-
-    def exists(self, row: ManifestRow, relpath: str) -> bool:
-        try:
-            self.file(row, relpath)
-        except NoDataError:
-            return False
-        return True
-
-
-def _relative(relpath: str) -> PurePosixPath:
-    p = PurePosixPath(relpath)
-    if p.is_absolute() or any(part in ("..", "") for part in relpath.split("/")) or "\\" in relpath or "\0" in relpath:
-        raise ValueError(f"unsafe archive path {relpath!r}")
-    return p
 
 
 class LocalArchive(Archive):
@@ -64,32 +27,17 @@ class LocalArchive(Archive):
         return self.root / row.obsid.archive_dir(row.cycle)
 
     def file(self, row: ManifestRow, relpath: str) -> Path:
-        path = self.obsid_dir(row) / _relative(relpath)
+        path = self.obsid_dir(row) / safe_relpath(relpath)
         if not path.is_file():
-            raise NoDataError(f"{path}: not in the archive")
+            raise NoDataError(f"{path}: not in the archive", obsid=row.obsid, path=path)
         return path
 
     def listdir(self, row: ManifestRow, subdir: str) -> list[str]:
-        directory = self.obsid_dir(row) / _relative(subdir)
+        directory = self.obsid_dir(row) / safe_relpath(subdir)
         try:
             return sorted(e.name for e in os.scandir(directory) if e.is_file())
         except FileNotFoundError:
             return []
-
-
-def open_archive(config: Config, paths: RunPaths) -> Archive:
-    """The configured archive; UsageError (exit 2) quoting the value when the root is unusable."""
-    root = config.archive.root
-    if root == ARCHIVE_SIMULATED:
-        return LocalArchive(ensure_simulated(config, paths))
-    if root.startswith(("http://", "https://")):
-        from rxte_hpc.archive.remote import RemoteArchive
-
-        return RemoteArchive(root, config.archive.cache or paths.cache_dir)
-    path = Path(root)
-    if not path.is_dir():
-        raise UsageError(f"{config.path}: archive.root {root!r} is not a directory, an https:// URL, or 'simulated'")
-    return LocalArchive(path)
 
 
 def ensure_simulated(config: Config, paths: RunPaths) -> Path:

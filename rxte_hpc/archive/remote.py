@@ -8,9 +8,9 @@ as a mounted mirror and downloads only what each one asks for: one light curve
 directory (heasoft). Files go through `download.Downloader`, so many workers can
 share one cache and only one of them downloads a given file.
 
-Compute nodes often have no network: `fetch_command` pre-stages on a login node
-what the configured backend will read, after which a run makes no requests at
-all (cached files, saved directory listings and complete trees are reused; the
+Compute nodes often have no network: `rxte-hpc fetch` (rxte_hpc.run.fetch)
+pre-stages on a login node what the configured backend declares it reads,
+after which a run makes no requests at all (cached files, saved directory listings and complete trees are reused; the
 archive's files never change, so nothing is revalidated).
 """
 from __future__ import annotations
@@ -18,21 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
-import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, TextIO, TypeVar
+from typing import Callable, TypeVar
 
-from rxte_hpc.archive.local import Archive
-from rxte_hpc.core.config import Config
+from rxte_hpc.archive.base import Archive
 from rxte_hpc.archive.download import COMPLETE_MARKER, Downloader, DownloadPolicy, ProgressCallback, safe_relpath, validate_base_url
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
-from rxte_hpc.core.manifest import Manifest, ManifestRow
-from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +44,6 @@ spend that much per ObsID only to record the same `site` failure. The ObsIDs not
 tried are recorded as `site` failures too, so `rerun` picks them up later.
 """
 
-FETCH_THREADS = 4
-"""ObsIDs `fetch` downloads at once: enough to hide request latency, few enough to be polite."""
 
 LISTINGS_DIR = ".listings"
 """Saved directory listings under the cache root, so a run without network can still list `pca/`."""
@@ -195,199 +187,3 @@ class RemoteArchive(Archive):
             write_atomic(target, (text + "\n").encode(), durable=False)
         except SiteError as exc:
             log.warning("cannot save the listing of %s: %s", rel, exc)
-
-
-# ----------------------------------------------------------------------------- fetch
-
-
-@dataclass(frozen=True)
-class FetchOutcome:
-    """What `fetch` did for one ObsID: state is fetched | cached | missing | failed."""
-
-    obsid: str
-    state: str
-    files: int = 0
-    nbytes: int = 0
-    error: str = ""
-
-
-class _Transfers:
-    """Counts downloaded files and bytes per ObsID from the downloader's progress callback.
-
-    The callback only fires for real downloads, so an ObsID without any call was
-    served entirely from the cache. A resumed file's first call reports the bytes
-    already on disk; they are not counted as fetched now.
-    """
-
-    def __init__(self, on_bytes: Callable[[], None]) -> None:
-        self._lock = threading.Lock()
-        self._last: dict[str, int] = {}
-        self._files: dict[str, set[str]] = {}
-        self._bytes: dict[str, int] = {}
-        self._total = 0
-        self._on_bytes = on_bytes
-
-    def __call__(self, name: str, done: int, total: int | None) -> None:
-        obsdir = "/".join(name.split("/")[:3])
-        with self._lock:
-            delta = max(0, done - self._last.get(name, done))
-            self._last[name] = done
-            self._files.setdefault(obsdir, set()).add(name)
-            self._bytes[obsdir] = self._bytes.get(obsdir, 0) + delta
-            self._total += delta
-        if delta:
-            self._on_bytes()
-
-    def of(self, obsdir: str) -> tuple[int, int]:
-        with self._lock:
-            return len(self._files.get(obsdir, ())), self._bytes.get(obsdir, 0)
-
-    @property
-    def total_bytes(self) -> int:
-        with self._lock:
-            return self._total
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover - the loop always returns
-
-
-class _FetchProgress:
-    """A one-line bar on a terminal (redrawn as bytes arrive); one plain line per ObsID elsewhere."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.counts = {"fetched": 0, "cached": 0, "missing": 0, "failed": 0}
-        self.done = 0
-        self.transfers = _Transfers(self._redraw)
-        self._lock = threading.Lock()
-        self._last_draw = 0.0
-        self.t0 = time.monotonic()
-
-    def finished(self, outcome: FetchOutcome) -> None:
-        with self._lock:
-            self.done += 1
-            self.counts[outcome.state] += 1
-            if self.tty:
-                self._draw(force=True)
-                if self.done == self.total:
-                    self.stream.write("\n")
-            else:
-                detail = f" ({outcome.files} files, {_size(outcome.nbytes)})" if outcome.state == "fetched" else ""
-                if outcome.error:
-                    detail = f": {outcome.error}"
-                self.stream.write(f"fetch: {self.done}/{self.total} {outcome.obsid} {outcome.state}{detail}\n")
-            self.stream.flush()
-
-    def _redraw(self) -> None:
-        if self.tty:
-            with self._lock:
-                self._draw(force=False)
-
-    def _draw(self, force: bool) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_draw < 0.2:
-            return
-        self._last_draw = now
-        width = 30
-        filled = int(width * self.done / max(1, self.total))
-        c = self.counts
-        self.stream.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} ObsIDs, "
-            f"{_size(self.transfers.total_bytes)}, {c['fetched']} fetched, {c['cached']} cached, "
-            f"{c['missing']} missing, {c['failed']} failed, {now - self.t0:.0f} s"
-        )
-        self.stream.flush()
-
-
-def _stage(archive: RemoteArchive, backend: str, band: str, row: ManifestRow) -> None:
-    """Download what `backend` will read for one ObsID (the same calls the extractor makes)."""
-    if backend == "heasoft":
-        archive.obsid_dir(row)
-    elif backend == "native":
-        archive.file(row, f"stdprod/{row.obsid.filter_file_name()}")
-        for name in archive.listdir(row, "pca"):
-            if name.startswith("FS4a_"):
-                archive.file(row, f"pca/{name}")
-    elif backend == "stdprod":
-        archive.file(row, f"stdprod/{row.obsid.stdprod_lc_name(band)}")
-    else:  # the config validates the backend; a new one must say here what it reads
-        raise UsageError(f"fetch does not know what the {backend!r} backend reads")
-
-
-def _fetch_one(archive: RemoteArchive, config: Config, row: ManifestRow, transfers: _Transfers) -> FetchOutcome:
-    obsid = row.obsid.text
-    try:
-        _stage(archive, config.extract.backend, config.extract.stdprod_band, row)
-    except NoDataError as exc:
-        return FetchOutcome(obsid, "missing", error=str(exc))
-    except (DataError, SiteError) as exc:
-        return FetchOutcome(obsid, "failed", error=str(exc))
-    files, nbytes = transfers.of(str(row.obsid.archive_dir(row.cycle)))
-    return FetchOutcome(obsid, "fetched" if files else "cached", files, nbytes)
-
-
-def fetch_command(
-    config: Config, manifest: Manifest, task: int | None = None, *, stream: TextIO | None = None
-) -> int:
-    """`rxte-hpc fetch`: pre-stage what the backend needs for every ObsID (or one task's).
-
-    Meant for a login node with network before computing on nodes without it.
-    Prints progress and a one-line summary; returns the exit code: 0 when every
-    ObsID is fetched or cached (404s are reported: those ObsIDs will be
-    `no_data`), 1 when any failed. A local archive root needs nothing.
-    """
-    out = stream if stream is not None else sys.stderr
-    root = config.archive.root
-    if not is_remote_root(root):
-        print("archive.root is local; nothing to fetch", file=out)
-        return 0
-    rows = manifest.rows_for_task(task) if task is not None else list(manifest.rows)
-    cache = config.archive.cache or RunPaths(config.run_dir).cache_dir
-    progress = _FetchProgress(len(rows), out)
-    archive = RemoteArchive(root, cache, progress=progress.transfers)
-    if config.extract.backend == "native" and config.extract.prepared is not None:
-        log.info("native backend: prepared products are read from %s (local); only raw files are fetched",
-                 config.extract.prepared)
-    log.info("fetching %s files of %d ObsIDs from %s into %s", config.extract.backend, len(rows), archive.location,
-             archive.cache_dir)
-    outcomes = _run_fetches(archive, config, rows, progress)
-    for o in outcomes:
-        if o.state in ("missing", "failed"):
-            print(f"  {o.obsid} {o.state}: {' '.join(o.error.split())}", file=out)
-    c = progress.counts
-    print(
-        f"fetch: {len(rows)} ObsIDs: {c['fetched']} fetched ({_size(progress.transfers.total_bytes)}), "
-        f"{c['cached']} cached, {c['missing']} missing (404), {c['failed']} failed; cache {archive.cache_dir}",
-        file=out,
-    )
-    return 1 if c["failed"] else 0
-
-
-def _run_fetches(archive: RemoteArchive, config: Config, rows: list[ManifestRow], progress: _FetchProgress) -> list[FetchOutcome]:
-    """Fetch ObsIDs on a few threads; Ctrl-C cancels what has not started (partial files resume later)."""
-    outcomes: list[FetchOutcome] = []
-    pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="fetch")
-    try:
-        pending: set[Future[FetchOutcome]] = {
-            pool.submit(_fetch_one, archive, config, row, progress.transfers) for row in rows
-        }
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                outcome = fut.result()
-                outcomes.append(outcome)
-                progress.finished(outcome)
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return sorted(outcomes, key=lambda o: o.obsid)
-

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, TextIO
 
-from rxte_hpc.archive.local import Archive
+from rxte_hpc.archive.base import Archive, ArchiveNeeds
 from rxte_hpc.core.config import Config
 from rxte_hpc.fits.lcfile import LightCurve
 from rxte_hpc.core.manifest import ManifestRow
@@ -41,6 +41,10 @@ class Extractor(ABC):
 
     def check_available(self) -> None:
         """Raise UsageError naming what is missing (e.g. HEASoft) before any task starts."""
+
+    @abstractmethod
+    def archive_needs(self, row: ManifestRow) -> ArchiveNeeds:
+        """The archive files `extract` will read for this row: `fetch` stages exactly these."""
 
     @abstractmethod
     def extract(self, row: ManifestRow, workspace: Workspace, tool_log: TextIO) -> list[LightCurve]:

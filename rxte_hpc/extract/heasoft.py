@@ -29,6 +29,7 @@ from rxte_hpc.core.errors import DataError, NoDataError
 from rxte_hpc.fits.lcfile import LightCurve, read_lightcurves, read_timezero, read_tstart
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.scratch import Workspace, heasoft_env
+from rxte_hpc.archive.base import ArchiveNeeds
 from rxte_hpc.extract.base import ExtractContext, Extractor
 from rxte_hpc.extract.prepare import (
     BACKGROUND_LIST,
@@ -90,6 +91,13 @@ class HeasoftExtractor(Extractor):
         parse_pculist(ex.pculist)
         parse_layerlist(ex.layerlist)
         parse_filter(ex.filter)
+
+    def archive_needs(self, row: ManifestRow) -> ArchiveNeeds:
+        """pcaprepobsid reads the whole ObsID directory; kept prepared products need nothing from the archive."""
+        kept = self._kept_dir(row)
+        if kept is not None and (kept / DONE_FILE).is_file():
+            return ArchiveNeeds()
+        return ArchiveNeeds(whole_tree=True)
 
     # -- extraction ---------------------------------------------------------------
     def extract(self, row: ManifestRow, workspace: Workspace, tool_log: TextIO) -> list[LightCurve]:

@@ -26,6 +26,7 @@ from rxte_hpc.core.errors import DataError, NoDataError
 from rxte_hpc.fits.lcfile import LightCurve, absolute_times, read_time_ref, read_timedel, read_timezero, read_tstart, read_tstop
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.scratch import Workspace
+from rxte_hpc.archive.base import ArchiveNeeds
 from rxte_hpc.extract.base import Extractor
 from rxte_hpc.extract.prepare import BACKGROUND_LIST, DONE_FILE, SOURCE_LIST, has_standard2, prepare_into, read_list
 from rxte_hpc.extract.filterexpr import FilterExpr, parse_filter
@@ -294,6 +295,13 @@ class NativeExtractor(Extractor):
     def check_available(self) -> None:
         """Validate the extraction settings once, before any task starts (UsageError names the problem)."""
         self._selection()
+
+    def archive_needs(self, row: ManifestRow) -> ArchiveNeeds:
+        """Nothing when the row's prepared products exist; else the whole ObsID, which pcaprepobsid will prepare."""
+        ctx = self.context
+        if (prepared_root(ctx.config, ctx.paths) / row.obsid.text / DONE_FILE).is_file():
+            return ArchiveNeeds()
+        return ArchiveNeeds(whole_tree=True)
 
     def _selection(self) -> Selection:
         ex = self.context.config.extract

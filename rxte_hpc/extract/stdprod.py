@@ -12,15 +12,23 @@ from rxte_hpc.fits.lcfile import LightCurve, read_lightcurve
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.obsid import STDPROD_BANDS
 from rxte_hpc.core.scratch import Workspace
+from rxte_hpc.archive.base import ArchiveNeeds
 from rxte_hpc.extract.base import Extractor
 
 
 class StdprodExtractor(Extractor):
     name = "stdprod"
 
+    def _relpath(self, row: ManifestRow) -> str:
+        return f"stdprod/{row.obsid.stdprod_lc_name(self.context.config.extract.stdprod_band)}"
+
+    def archive_needs(self, row: ManifestRow) -> ArchiveNeeds:
+        """One standard-product light curve."""
+        return ArchiveNeeds(files=(self._relpath(row),))
+
     def extract(self, row: ManifestRow, workspace: Workspace, tool_log: TextIO) -> list[LightCurve]:
         band = self.context.config.extract.stdprod_band
-        path = self.context.archive.file(row, f"stdprod/{row.obsid.stdprod_lc_name(band)}")
+        path = self.context.archive.file(row, self._relpath(row))
         tool_log.write(f"reading {path}\n")
         lc = read_lightcurve(path)
         keep = ("OBJECT", "CHMIN", "CHMAX", "BACKAPP", "DEADAPP")

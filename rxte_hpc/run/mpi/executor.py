@@ -24,7 +24,6 @@ RXTE_HPC_MPI_DEAD_AFTER_S (default 120: a rank silent that long is dead).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import math
 import os
@@ -241,13 +240,11 @@ def _abort(comm: Any, why: str, code: int) -> None:
 
 def _prepare(config: Config, factory: ExtractorFactory, gather: bool) -> Manifest:
     """What every rank checks before work: the manifest, the extractor, gather's availability."""
-    from rxte_hpc.archive.local import open_archive
+    from rxte_hpc.archive.factory import open_archive
 
     paths = RunPaths(config.run_dir)
     manifest = read_manifest(paths.manifest)
     factory(ExtractContext(config, paths, open_archive(config, paths))).check_available()
-    if gather and importlib.util.find_spec("rxte_hpc.products.gather") is None:
-        raise UsageError("--gather: the gather step is not available in this version of rxte-hpc")
     return manifest
 
 

@@ -294,11 +294,11 @@ def _queued_tasks(paths: RunPaths) -> set[int]:
 
 
 def _check_backend_or_warn(config: Config) -> None:
-    """The CLI's backend check; with setup lines the job may provide what this shell lacks, so only warn."""
-    from rxte_hpc.cli import _check_backend
+    """The backend check; with setup lines the job may provide what this shell lacks, so only warn."""
+    from rxte_hpc.extract import check_backend
 
     try:
-        _check_backend(config)
+        check_backend(config)
     except RxteError as exc:
         if not config.slurm.setup:
             raise
@@ -404,7 +404,7 @@ def _manifest_for_submit(config: Config, dry_run: bool) -> Manifest:
         from rxte_hpc.plan.planner import plan
 
         return plan(config)
-    from rxte_hpc.cli import ensure_manifest
+    from rxte_hpc.plan.planner import ensure_manifest
 
     return ensure_manifest(config)
 

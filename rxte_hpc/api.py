@@ -1,0 +1,204 @@
+"""The Python API: one `Campaign` per config, for notebooks and scripts; the CLI is a thin layer over it.
+
+    from rxte_hpc import Campaign
+    c = Campaign.from_config("configs/demo.yaml")
+    c.plan(); c.run(workers=2)
+    p = c.gather()
+    lc = p.table()            # the merged light curve, header in lc.meta
+
+Every method raises the package's own errors (`rxte_hpc.core.errors`: the
+same types the CLI maps to exit codes 2 and 1) and prints nothing: messages go
+to the `rxte_hpc` logger, which the caller configures (the CLI does).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from astropy.table import Table
+
+from rxte_hpc.core.config import Config, load_config
+from rxte_hpc.core.errors import UsageError
+from rxte_hpc.core.manifest import Manifest, read_manifest
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.status import RunSummary, StatusRecord
+
+
+@dataclass(frozen=True)
+class Product:
+    """One file a gather wrote: `kind` is lightcurve | hardness | plot; band/target where they apply."""
+
+    path: Path
+    kind: str
+    target: str | None
+    band: str | None
+
+
+@dataclass(frozen=True)
+class Products:
+    """What `Campaign.gather` wrote, and the merged light curves as astropy Tables."""
+
+    paths: tuple[Product, ...]
+    exit_code: int
+    summary: str
+    n_used: int
+    n_failed: int
+    n_missing: int
+
+    def lightcurves(self) -> list[Product]:
+        return [p for p in self.paths if p.kind == "lightcurve"]
+
+    def path(self, band: str | None = None, target: str | None = None) -> Path:
+        """The merged light curve of one band and target; None picks the only one (UsageError if several)."""
+        found = self.lightcurves()
+        found = [p for p in found if target is None or p.target == target]
+        found = [p for p in found if band is None or (p.band or "").lower() == band.lower()]
+        if len(found) != 1:
+            have = ", ".join(f"band={p.band} target={p.target}" for p in self.lightcurves())
+            asked = f"band={band} target={target}"
+            what = "no merged light curve" if not found else "several merged light curves"
+            raise UsageError(f"{what} for {asked}; this gather wrote: {have}")
+        return found[0].path
+
+    def table(self, band: str | None = None, target: str | None = None) -> Table:
+        """The merged light curve (its RATE extension) as an astropy Table; the FITS header is in `.meta`."""
+        path = self.path(band, target)
+        table = Table.read(path, hdu="RATE", format="fits")
+        table.meta["FILENAME"] = str(path)
+        return table
+
+
+class Campaign:
+    """One configured campaign: plan, run or submit its tasks, check their status, gather the products."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.paths = RunPaths(config.run_dir)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str]) -> "Campaign":
+        """Load and validate a YAML config (ConfigError names the file and key)."""
+        return cls(load_config(Path(path)))
+
+    def __repr__(self) -> str:
+        return f"Campaign({str(self.config.path)!r}, run_dir={str(self.paths.root)!r})"
+
+    # -- plan ------------------------------------------------------------------------------
+    def plan(self, force: bool = False, dry_run: bool = False) -> Manifest:
+        """Plan the ObsIDs into tasks and write the manifest (not with `dry_run`); returns the manifest."""
+        from rxte_hpc.plan import planner
+
+        manifest = planner.plan(self.config)
+        if not dry_run:
+            planner.write_manifest(self.config, manifest, force=force)
+        return manifest
+
+    def describe_plan(self, manifest: Manifest) -> str:
+        """What a plan would do: query, ObsID and task counts, a time estimate."""
+        from rxte_hpc.plan import planner
+
+        return planner.describe_plan(self.config, manifest)
+
+    def manifest(self) -> Manifest:
+        """The written manifest (UsageError when the campaign has not been planned)."""
+        return read_manifest(self.paths.manifest)
+
+    def ensure_manifest(self) -> Manifest:
+        """The written manifest, planning it first when there is none."""
+        from rxte_hpc.plan.planner import ensure_manifest
+
+        return ensure_manifest(self.config)
+
+    # -- extract ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """Everything that can be checked before any task starts (the backend can run here)."""
+        from rxte_hpc.extract import check_backend
+
+        check_backend(self.config)
+
+    def run(self, workers: int | None = None, force: bool = False) -> RunSummary:
+        """Every task on this machine (planning first if needed); returns the status summary."""
+        from rxte_hpc.run.local import run_local
+
+        if workers is not None and workers < 1:
+            raise UsageError(f"workers must be at least 1, not {workers}")
+        self.check()
+        manifest = self.ensure_manifest()
+        run_local(self.config, manifest, workers=workers, force=force)
+        return self.status()
+
+    def work(self, task: int | None = None, obsid: str | None = None, *, slurm: bool = False,
+             force: bool = False) -> list[StatusRecord]:
+        """One task (exactly what array element `task` runs), one ObsID, or the Slurm array element of this job."""
+        from rxte_hpc.run.worker import TaskRunner, WorkerIdentity, run_task
+
+        if (task is not None) + (obsid is not None) + slurm != 1:
+            raise UsageError("work needs exactly one of task, obsid, slurm")
+        self.check()
+        manifest = self.manifest()
+        if obsid is not None:
+            row = manifest.row_for_obsid(obsid)
+            with TaskRunner(self.config, manifest, WorkerIdentity(label=f"obsid-{row.obsid}"), force=force) as runner:
+                return [runner.process(row)]
+        slurm_job = None
+        if slurm:
+            from rxte_hpc.run.slurm.submit import array_task_from_env
+
+            task, slurm_job = array_task_from_env(os.environ)
+        assert task is not None
+        return run_task(self.config, manifest, task, force=force, slurm_job=slurm_job)
+
+    def work_mpi(self, force: bool = False, schedule: str = "dynamic", gather: bool = False) -> int:
+        """Every task over MPI COMM_WORLD ranks (call from every rank); returns the exit code."""
+        from rxte_hpc.run.mpi.executor import run_mpi
+
+        return run_mpi(self.config, force=force, schedule=schedule, gather=gather)
+
+    def submit(self, dry_run: bool = False, mpi: bool = False) -> int:
+        """sbatch the array(s) and the dependent gather (or one MPI allocation); returns the exit code."""
+        from rxte_hpc.run.slurm.submit import submit
+
+        return submit(self.config, dry_run=dry_run, mpi=mpi)
+
+    def rerun(self, dry_run: bool = False, include_failed: bool = False) -> int:
+        """Resubmit only the tasks with missing or interrupted ObsIDs; returns the exit code."""
+        from rxte_hpc.run.slurm.submit import rerun
+
+        return rerun(self.config, dry_run=dry_run, include_failed=include_failed)
+
+    def fetch(self, task: int | None = None, stream: TextIO | None = None) -> int:
+        """Pre-stage the archive files the configured backend reads into the cache; returns the exit code."""
+        from rxte_hpc.run.fetch import fetch
+
+        return fetch(self.config, self.manifest(), task=task, stream=stream)
+
+    # -- results ---------------------------------------------------------------------------
+    def status(self) -> RunSummary:
+        """The state of every ObsID from its status record: counts per state and task, failures with errors."""
+        return RunSummary.collect(self.manifest(), self.paths, self.config.hash())
+
+    def scheduler_states(self) -> dict[str, Any]:
+        """What Slurm says of this campaign's submitted jobs (one squeue call)."""
+        from rxte_hpc.run.slurm.submit import scheduler_states
+
+        return scheduler_states(self.config)
+
+    def gather(self, allow_missing: bool = False) -> Products:
+        """Merge the per-ObsID light curves into the configured products; see `Products`."""
+        from rxte_hpc.products.gather import run_gather
+
+        result = run_gather(self.config, allow_missing=allow_missing, manifest=self.manifest())
+        bands = [b.name for b in self.config.extract.band_list()]
+        target = self.config.target.name or None
+        products = []
+        for i, path in enumerate(result.outputs):
+            if i < len(bands):
+                products.append(Product(Path(path), "lightcurve", target, bands[i]))
+            else:
+                products.append(Product(Path(path), "hardness", target, None))
+        if result.plot is not None:
+            products.append(Product(Path(result.plot), "plot", target, None))
+        return Products(tuple(products), result.exit_code, result.summary, result.n_used, result.n_failed,
+                        result.n_missing)
