@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from httpserver import Faults, pseudo_random_bytes, serve_tree, write_tree
-from rxte_hpc.archive.download import (
-    COMPLETE_MARKER,
-    Downloader,
-    DownloadPolicy,
-    parse_index,
-    safe_relpath,
-    validate_base_url,
-)
+from rxte_hpc.archive.download import Downloader, DownloadPolicy
+from rxte_hpc.archive.listing import COMPLETE_MARKER, parse_index, validate_base_url
+from rxte_hpc.core.safepath import safe_relpath
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 
 OBS = "AO9/P90171/90171-01-01-00"

@@ -41,24 +41,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, TypeVar
 
 from rxte_hpc import __version__
-from rxte_hpc.core.safepath import CONTROL_RE, safe_relpath
+from rxte_hpc.archive.listing import COMPLETE_MARKER, MAX_LISTING_BYTES, is_reserved, parse_index, validate_base_url
+from rxte_hpc.core.safepath import safe_relpath
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 
 log = logging.getLogger(__name__)
-
-COMPLETE_MARKER = ".complete"
-"""Written last into a directory by `Downloader.fetch_tree`: the whole tree is in the cache."""
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 _T = TypeVar("_T")
 
 _CHUNK = 256 * 1024
-_MAX_LISTING_BYTES = 16 * 1024 * 1024  # an index page larger than this is not an index page
 _MAX_TREE_DEPTH = 16  # an ObsID directory is 3 levels deep; a deeper tree is a server loop
 _THREAD_STRIPES = 64
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -92,89 +88,6 @@ class _Transient(Exception):
 
 class _Restart(_Transient):
     """The partial file cannot be continued (server refused the range): start again from zero."""
-
-
-def validate_base_url(url: str) -> str:
-    """Check an archive URL from a config and return it ending in '/'.
-
-    Only http(s): urllib would also open `file:` and `ftp:` URLs, which is not what a
-    config key called an archive URL should do. Credentials in the URL would end up
-    in logs and status records, so they are refused rather than silently used.
-    """
-    if not isinstance(url, str):
-        raise UsageError(f"archive URL must be a string, got {url!r}")
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        parts.port  # noqa: B018 -- evaluating it raises ValueError on a malformed port
-    except ValueError as exc:
-        raise UsageError(f"not a valid archive URL: {url!r} ({exc})") from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"archive URL must be http:// or https:// with a host name: {url!r}")
-    if parts.username is not None or parts.password is not None:
-        raise UsageError(f"archive URL must not contain credentials: {url!r}")
-    if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
-        raise UsageError(f"archive URL must not have a query or fragment: {url!r}")
-    if CONTROL_RE.search(url) or " " in url.strip():
-        raise UsageError(f"archive URL contains blanks or control characters: {url!r}")
-    path = parts.path if parts.path.endswith("/") else parts.path + "/"
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def _is_reserved(name: str) -> bool:
-    """Names the cache uses for itself; a remote file of that name would collide with them."""
-    return name == COMPLETE_MARKER or (name.startswith(".") and name.endswith((".part", ".lock", ".tmp")))
-
-
-class _IndexParser(HTMLParser):
-    """Collects the href of every <a> in an autoindex page."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            for key, value in attrs:
-                if key == "href" and value:
-                    self.hrefs.append(value.strip())
-
-
-def parse_index(html: str, dir_url: str) -> tuple[list[str], list[str]]:
-    """Files and subdirectories linked from an Apache/nginx directory index page.
-
-    Only links that resolve to a direct child of `dir_url` count: that drops the
-    parent link, sort links (`?C=N;O=D`), anchors and links to other sites or other
-    directories, whatever the server's page looks like around the table. Names are
-    percent-decoded; anything that would not be a safe single path component is
-    dropped with a warning.
-    """
-    base = urllib.parse.urlsplit(dir_url)
-    base_path = base.path if base.path.endswith("/") else base.path + "/"
-    parser = _IndexParser()
-    parser.feed(html)
-    parser.close()
-    files: set[str] = set()
-    subdirs: set[str] = set()
-    for href in parser.hrefs:
-        if href.startswith(("?", "#")):
-            continue
-        target = urllib.parse.urlsplit(urllib.parse.urljoin(dir_url, href))
-        if target.query or target.fragment:
-            continue
-        if (target.scheme, target.netloc) != (base.scheme, base.netloc):
-            continue
-        if not target.path.startswith(base_path):
-            continue
-        rest = target.path[len(base_path):]
-        is_dir = rest.endswith("/")
-        name = urllib.parse.unquote(rest[:-1] if is_dir else rest)
-        if not name or name in (".", "..") or "/" in name:
-            continue
-        if "\\" in name or CONTROL_RE.search(name) or _is_reserved(name):
-            log.warning("ignoring unsafe name %r in the listing of %s", name, dir_url)
-            continue
-        (subdirs if is_dir else files).add(name)
-    return sorted(files), sorted(subdirs - files)
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int | None]:
@@ -311,7 +224,7 @@ class Downloader:
         per-file lock decides who downloads; everybody else waits and then reuses it.
         """
         rel = safe_relpath(relpath)
-        if _is_reserved(rel.name):
+        if is_reserved(rel.name):
             raise DataError(f"cannot cache {rel}: the name is reserved for the cache's own files")
         dest = self.cache_dir.joinpath(*rel.parts)
         if dest.is_file():
@@ -469,7 +382,7 @@ class Downloader:
             final_url = response.geturl()
             chunks: list[bytes] = []
             size = 0
-            while size <= _MAX_LISTING_BYTES:
+            while size <= MAX_LISTING_BYTES:
                 try:
                     chunk = response.read(_CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
@@ -478,8 +391,8 @@ class Downloader:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        if size > _MAX_LISTING_BYTES:
-            raise DataError(f"index page larger than {_MAX_LISTING_BYTES} bytes: {url}")
+        if size > MAX_LISTING_BYTES:
+            raise DataError(f"index page larger than {MAX_LISTING_BYTES} bytes: {url}")
         if expected is not None and size != expected:
             raise _Transient(f"short body: got {size} of {expected} bytes")
         return b"".join(chunks).decode(charset, errors="replace"), final_url

@@ -23,7 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, TypeVar
 
 from rxte_hpc.archive.base import Archive
-from rxte_hpc.archive.download import COMPLETE_MARKER, Downloader, DownloadPolicy, ProgressCallback, safe_relpath, validate_base_url
+from rxte_hpc.archive.download import Downloader, DownloadPolicy, ProgressCallback
+from rxte_hpc.archive.listing import COMPLETE_MARKER, validate_base_url
+from rxte_hpc.core.safepath import safe_relpath
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.manifest import ManifestRow
