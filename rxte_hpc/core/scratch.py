@@ -156,7 +156,7 @@ def kill_tools_of(directory: Path) -> list[int]:
 
 def reap_stale(root: Path) -> list[Path]:
     """Remove this tool's directories under `root` whose owner is gone; return what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(root))
     except OSError:

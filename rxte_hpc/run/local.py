@@ -1,28 +1,29 @@
 """Executor: every task of the manifest on a process pool on this machine (the embedded default).
 
-Each pool process runs exactly what an array element runs (`worker.run_task`),
-so a local run, a Slurm array and `work --task I` produce identical records.
+Each worker process (`pool.py`) runs exactly what an array element runs
+(`worker.run_task`), so a local run, a Slurm array and `work --task I`
+produce identical records.
 Progress is a bar on a terminal and plain lines in a batch log.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import multiprocessing
 import os
-import signal
+import socket
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TextIO
+from datetime import datetime, timezone
+from typing import Sequence, TextIO
 
-from rxte_hpc.core.config import Config, load_config
-from rxte_hpc.core.errors import Interrupted
-from rxte_hpc.core.manifest import Manifest, read_manifest
+from rxte_hpc.core.config import Config
+from rxte_hpc.core.errors import RxteError, SiteError, UsageError
+from rxte_hpc.core.manifest import Manifest
 from rxte_hpc.core.paths import RunPaths
-from rxte_hpc.run.signals import interrupt_on_signals
-from rxte_hpc.run.worker import run_task
+from rxte_hpc.core.scratch import candidate_roots, reap_stale
+from rxte_hpc.core.status import effective_state, read_record, write_record
+from rxte_hpc.run.pool import Done, Lost, WorkerPool
+from rxte_hpc.run.preflight import preflight
 
 log = logging.getLogger(__name__)
 
@@ -72,57 +73,99 @@ class Progress:
         self.stream.flush()
 
 
-@dataclass(frozen=True)
-class TaskResult:
-    task: int
-    states: tuple[str, ...]
-
-
-def _pool_task(config_path: str, run_dir: str, task: int, force: bool) -> TaskResult:
-    config = load_config(Path(config_path))
-    manifest = read_manifest(RunPaths(Path(run_dir)).manifest)
-    records = run_task(config, manifest, task, force=force)
-    return TaskResult(task, tuple(r.state for r in records))
-
-
 def run_local(config: Config, manifest: Manifest, *, workers: int | None = None, force: bool = False) -> dict[str, int]:
     """Run every task on `workers` processes; return counts of final ObsID states.
 
-    A signal (SIGINT/SIGTERM) is passed on to the pool processes, which record
-    the ObsIDs in flight as interrupted and clean their scratch.
+    Checks everything checkable first (`preflight`: UsageError, nothing
+    written). A signal (SIGINT/SIGTERM) stops the handing out of tasks at
+    once and is passed on to the busy workers, which record their ObsIDs in
+    flight as `interrupted` and clean their scratch; then Interrupted is
+    raised (exit 128 + signal). A second signal kills the workers at once.
+    A worker killed outright (SIGKILL, OOM) is replaced and the run goes on;
+    the ObsID it held is recorded `failed` (site), its scratch reaped and its
+    tool processes killed before this returns. A task stopped by a machine
+    failure (a full or read-only run directory) does not stop the others; the
+    first such error is raised at the end, as one line (SiteError, exit 1).
     """
+    preflight(config, manifest)
     workers = max(1, min(workers or default_workers(), manifest.n_tasks))
     tasks = list(range(manifest.n_tasks))
     progress = Progress(len(tasks), len(manifest.rows))
     counts: dict[str, int] = {}
+    stopped: list[Done] = []
+    lost: list[Lost] = []
     paths = RunPaths(config.run_dir)
     log.info("running %d tasks (%d ObsIDs) on %d local workers", len(tasks), len(manifest.rows), workers)
-    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending: set[Future] = set()
-        try:
-            with interrupt_on_signals():
-                pending = {pool.submit(_pool_task, str(config.path), str(paths.root), t, force) for t in tasks}
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        result = fut.result()
-                        for state in result.states:
-                            counts[state] = counts.get(state, 0) + 1
-                        progress.update(len(result.states), sum(s == "failed" for s in result.states))
-        except Interrupted as stop:
-            _forward(pool, stop.signum)
-            for fut in pending:
-                fut.cancel()
-            raise
+
+    def add(states: Sequence[str]) -> None:
+        for state in states:
+            counts[state] = counts.get(state, 0) + 1
+        progress.update(len(states), sum(s == "failed" for s in states))
+
+    def on_done(done: Done) -> None:
+        if done.error is not None:
+            log.error("task %d stopped: %s", done.task, done.error)
+            stopped.append(done)
+            add(_task_states(config, manifest, paths, done.task))
+        else:
+            add(done.states)
+
+    def on_lost(gone: Lost) -> None:
+        lost.append(gone)
+        add(record_lost(config, manifest, paths, gone))
+        reap_dead_scratch(config)
+
+    pool = WorkerPool(workers, config.path, paths.root, force=force)
+    try:
+        pool.run(tasks, on_done, on_lost)
+    finally:
+        if lost:
+            reap_dead_scratch(config)
+    if stopped:
+        first = stopped[0]
+        more = f" (and {len(stopped) - 1} more tasks)" if len(stopped) > 1 else ""
+        raise _error_like(first.exit_code, f"task {first.task} stopped: {first.error}{more}")
     return counts
 
 
-def _forward(pool: ProcessPoolExecutor, signum: int) -> None:
-    """Pass a signal on to the pool's processes so each can record and clean up."""
-    processes = getattr(pool, "_processes", None) or {}
-    for pid in list(processes):
+def _error_like(exit_code: int, message: str) -> RxteError:
+    return UsageError(message) if exit_code == UsageError.exit_code else SiteError(message)
+
+
+def _task_states(config: Config, manifest: Manifest, paths: RunPaths, task: int) -> list[str]:
+    """What each ObsID of `task` is now, from the records (for a task that did not report states)."""
+    config_hash = config.hash()
+    return [effective_state(read_record(paths, r.obsid.text), paths, config_hash) for r in manifest.rows_for_task(task)]
+
+
+def record_lost(config: Config, manifest: Manifest, paths: RunPaths, gone: Lost) -> list[str]:
+    """Record the ObsIDs a dead worker left `running`: interrupted when we stopped it, else failed (site).
+
+    Only records of this host started after the task was handed out are the
+    dead worker's; anything else `running` belongs to someone alive.
+    """
+    host = socket.gethostname()
+    state, kind = ("interrupted", "site") if gone.by_us else ("failed", "site")
+    why = gone.describe()
+    for row in manifest.rows_for_task(gone.task):
+        rec = read_record(paths, row.obsid.text)
+        if rec is None or rec.state != "running" or rec.host != host or rec.started < gone.since:
+            continue
+        final = dataclasses.replace(rec, state=state, finished=_now(), error=why, error_kind=kind)
         try:
-            os.kill(pid, signum if signum != signal.SIGINT else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+            write_record(paths, final)
+        except SiteError as exc:
+            log.error("%s: cannot record that its worker died (%s)", row.obsid, exc)
+            continue
+        log.warning("%s: %s; recorded %s (site): `run` or `rerun` redoes it", row.obsid, why, state)
+    return _task_states(config, manifest, paths, gone.task)
+
+
+def reap_dead_scratch(config: Config) -> None:
+    """Remove the scratch of dead workers now (and kill their tool processes), not at the next run."""
+    for root in candidate_roots(config.scratch.root):
+        reap_stale(root)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

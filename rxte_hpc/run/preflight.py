@@ -22,7 +22,7 @@ import numpy as np
 from rxte_hpc.core.config import BandConfig, Config
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.manifest import Manifest
-from rxte_hpc.extract import ExtractContext, Extractor, make_extractor
+from rxte_hpc.extract import Extractor, check_backend
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,9 @@ _MARGIN_DAYS = 0.002
 def preflight(config: Config, manifest: Manifest | None = None, extractor: Extractor | None = None) -> None:
     """Raise UsageError (naming the key) when the configuration cannot work for this manifest here."""
     if extractor is None:
-        from rxte_hpc.archive.local import open_archive
-        from rxte_hpc.core.paths import RunPaths
-
-        paths = RunPaths(config.run_dir)
-        extractor = make_extractor(ExtractContext(config, paths, open_archive(config, paths)))
-    extractor.check_available()
+        extractor = check_backend(config)
+    else:
+        extractor.check_available()
     if extractor.name in ("heasoft", "native"):  # the backends that convert keV to channels
         check_bands(config, epochs_of(manifest))
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 _state: dict[str, int | None] = {"first": None, "depth": 0}
-_emergency: list[Callable[[], None]] = []
+_emergency: list[Callable[[], object]] = []
 
 
 def _exit_now(signum: int) -> None:
@@ -83,7 +83,7 @@ def interrupt_on_signals() -> Iterator[None]:
 
 
 @contextmanager
-def on_second_signal(callback: Callable[[], None]) -> Iterator[None]:
+def on_second_signal(callback: Callable[[], object]) -> Iterator[None]:
     """Run `callback` (quick, no locks: it runs inside a signal handler) if a second signal ends the process."""
     _emergency.append(callback)
     try:
