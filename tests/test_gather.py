@@ -14,7 +14,8 @@ from astropy.table import Table
 from rxte_hpc.core.config import config_from_mapping
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.core.fsutil import write_atomic
-from rxte_hpc.products.gather import gti_union, hardness_ratio, merge_lightcurves, run_gather
+from rxte_hpc.core.intervals import union as gti_union_of
+from rxte_hpc.products.gather import hardness_ratio, merge_lightcurves, run_gather
 from rxte_hpc.fits.lcfile import LightCurve, TimeRef, bins_as_gti, lightcurve_bytes, read_lightcurve
 from rxte_hpc.core.manifest import Observation, build_manifest, read_manifest
 from rxte_hpc.core.obsid import ObsID
@@ -263,7 +264,7 @@ def test_nothing_usable_is_an_error_and_writes_nothing(tmp_path):
 
 
 def test_gti_union():
-    got = gti_union([np.array([[0.0, 16.0], [32.0, 48.0]]), np.array([[16.0, 20.0], [40.0, 64.0]]), np.zeros((0, 2))])
+    got = gti_union_of(np.array([[0.0, 16.0], [32.0, 48.0]]), np.array([[16.0, 20.0], [40.0, 64.0]]), np.zeros((0, 2)))
     np.testing.assert_array_equal(got, [[0.0, 20.0], [32.0, 64.0]])
 
 

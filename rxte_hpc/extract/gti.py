@@ -25,7 +25,9 @@ from astropy.io import fits
 from rxte_hpc.core.errors import DataError, UsageError
 from rxte_hpc.core.fsutil import atomic_path
 from rxte_hpc.fits.lcfile import absolute_times
+from rxte_hpc.fits.tableio import FitsTable
 from rxte_hpc.extract.filterexpr import FilterExpr, missing_columns_message, parse_filter
+from rxte_hpc.core.intervals import as_intervals, union
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +47,53 @@ def _hdu_where(hdu: fits.BinTableHDU) -> str:
     return f"{file}[{ext}]" if file else f"extension {ext}"
 
 
-def _tnull_mask(column: fits.Column, values: np.ndarray) -> np.ndarray | None:
-    """Rows equal to an integer column's TNULL (compared after TSCAL/TZERO, as astropy returns them)."""
-    if column.null is None or str(column.format)[-1:].upper() not in "BIJK":
-        return None
-    try:
-        raw_null = int(column.null)
-    except (TypeError, ValueError):
-        return None
-    scaled = raw_null * (column.bscale if column.bscale is not None else 1) + (
-        column.bzero if column.bzero is not None else 0
-    )
-    return values == scaled
+def column_for_cfitsio(
+    raw: np.ndarray, code: str, repeat: int, tscal: float, tzero: float, tnull: object, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, NULL mask) of a stored column as CFITSIO's calculator reads it (eval_f.c find_column).
+
+    B/I/J without TSCAL and with TZERO 0 or 32768 are `long` (int64 here);
+    K, E, D and scaled integers are doubles (float64). A stored value equal
+    to an integer column's TNULL is NULL; a float's NaN and infinities are
+    NULL too (`FilterExpr.evaluate` marks those). Vectors, strings, logical
+    and bit columns are refused: screening expressions do not use them.
+    """
+    if repeat != 1 or code not in "BIJKED":
+        raise DataError(f"{where}: a filter expression can use only numeric scalar columns; this one has TFORM "
+                        f"{repeat}{code}")
+    raw = np.asarray(raw)
+    null = np.zeros(raw.shape, dtype=bool)
+    if code in "BIJK" and isinstance(tnull, (int, np.integer)) and not isinstance(tnull, bool):
+        null = raw == tnull
+    if code in "BIJ" and tscal == 1.0 and tzero in (0.0, 32768.0):
+        return raw.astype(np.int64) + np.int64(tzero), null
+    values = raw.astype(np.float64)
+    if tscal != 1.0 or tzero != 0.0:
+        values = values * tscal + tzero
+    return values, null
+
+
+def row_flags_from_table(table: FitsTable, expr: FilterExpr) -> np.ndarray:
+    """Evaluate `expr` on a table read by `tableio` (the native extractor's fast reader)."""
+    missing = sorted(c for c in expr.columns if not table.has(c))
+    if missing:
+        raise DataError(missing_columns_message(expr.text, missing, list(table.names), f"{table.where}[{table.extname}]"))
+    columns: dict[str, np.ndarray] = {}
+    nulls: dict[str, np.ndarray] = {}
+    for name in expr.columns:
+        spec = table.specs[name]
+        header = table.header
+        columns[name], nulls[name] = column_for_cfitsio(
+            table.raw(name), spec.code, spec.repeat, float(header.get(f"TSCAL{spec.index}", 1.0)),
+            float(header.get(f"TZERO{spec.index}", 0.0)), header.get(f"TNULL{spec.index}"),
+            f"{table.where}[{table.extname}] column {name}")
+    if not expr.columns:
+        columns["__ROWS__"] = np.zeros(table.n_rows)
+    return expr.evaluate(columns, nulls)
 
 
 def row_flags_from_hdu(hdu: fits.BinTableHDU, expr: FilterExpr) -> np.ndarray:
-    """Evaluate `expr` on a table extension, reading only the columns it names."""
+    """Evaluate `expr` on an astropy table extension, reading only the columns it names."""
     names = {name.upper(): name for name in hdu.columns.names}
     missing = sorted(expr.columns - names.keys())
     if missing:
@@ -69,11 +102,16 @@ def row_flags_from_hdu(hdu: fits.BinTableHDU, expr: FilterExpr) -> np.ndarray:
     nulls: dict[str, np.ndarray] = {}
     n_rows = len(hdu.data) if hdu.data is not None else 0
     for upper in expr.columns:
-        values = np.asarray(hdu.data[names[upper]]) if n_rows else np.zeros(0)
-        table[upper] = values
-        mask = _tnull_mask(hdu.columns[names[upper]], values)
-        if mask is not None:
-            nulls[upper] = mask
+        column = hdu.columns[names[upper]]
+        match = re.fullmatch(r"\s*(\d*)\s*([A-Z])\S*", str(column.format).upper())
+        repeat, code = (int(match.group(1) or 1), match.group(2)) if match else (0, "?")
+        tscal = float(column.bscale) if column.bscale is not None else 1.0
+        tzero = float(column.bzero) if column.bzero is not None else 0.0
+        scaled = np.asarray(hdu.data[names[upper]]) if n_rows else np.zeros(0)
+        # astropy returns scaled values; CFITSIO compares TNULL with the stored ones.
+        raw = np.rint((scaled.astype(np.float64) - tzero) / tscal).astype(np.int64) if code in "BIJK" else scaled
+        table[upper], nulls[upper] = column_for_cfitsio(
+            raw, code, repeat, tscal, tzero, column.null, f"{_hdu_where(hdu)} column {names[upper]}")
     if not expr.columns:
         table["__ROWS__"] = np.zeros(n_rows)
     return expr.evaluate(table, nulls)
@@ -219,53 +257,10 @@ def filter_gti(
 # ---------------------------------------------------------------------------
 
 
-def _as_intervals(gti: np.ndarray) -> np.ndarray:
-    gti = np.asarray(gti, dtype=np.float64)
-    if gti.size == 0:
-        return np.zeros((0, 2))
-    if gti.ndim != 2 or gti.shape[1] != 2:
-        raise ValueError(f"a GTI must be an (n, 2) array of [start, stop], got shape {gti.shape}")
-    return gti
-
-
-def union_gtis(*gtis: np.ndarray) -> np.ndarray:
-    """Sorted, disjoint intervals covering any input; touching intervals merge, empty ones vanish."""
-    parts = [_as_intervals(g) for g in gtis]
-    merged = np.concatenate(parts) if parts else np.zeros((0, 2))
-    merged = merged[merged[:, 1] > merged[:, 0]]
-    if not len(merged):
-        return np.zeros((0, 2))
-    merged = merged[np.argsort(merged[:, 0], kind="stable")]
-    out = [list(merged[0])]
-    for start, stop in merged[1:]:
-        if start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], stop)
-        else:
-            out.append([start, stop])
-    return np.array(out, dtype=np.float64)
-
-
-def intersect_gtis(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Sorted, disjoint intervals covered by both; zero-length overlaps are dropped."""
-    left, right = union_gtis(a), union_gtis(b)
-    out = []
-    i = j = 0
-    while i < len(left) and j < len(right):
-        start = max(left[i, 0], right[j, 0])
-        stop = min(left[i, 1], right[j, 1])
-        if stop > start:
-            out.append((start, stop))
-        if left[i, 1] < right[j, 1]:
-            i += 1
-        else:
-            j += 1
-    return np.array(out, dtype=np.float64).reshape(-1, 2)
-
-
 def select_rows(t_row: np.ndarray, gti: np.ndarray) -> np.ndarray:
     """Rows whose time lies in some interval, start <= t < stop, with no tolerance (saextrct)."""
     t_row = np.asarray(t_row, dtype=np.float64)
-    merged = union_gtis(gti)
+    merged = union(gti)
     if not len(merged):
         return np.zeros(t_row.shape, dtype=bool)
     index = np.searchsorted(merged[:, 0], t_row, side="right") - 1
@@ -308,7 +303,7 @@ def write_gti_file(
     the right TIMEZERO. Written to a temporary name and renamed, so nobody
     reads half a file.
     """
-    gti_raw = _as_intervals(gti_raw)
+    gti_raw = as_intervals(gti_raw)
     text = str(expr)
     primary = fits.PrimaryHDU()
     table = fits.BinTableHDU.from_columns(

@@ -30,7 +30,8 @@ from rxte_hpc.archive.base import ArchiveNeeds
 from rxte_hpc.extract.base import Extractor
 from rxte_hpc.extract.prepare import BACKGROUND_LIST, DONE_FILE, SOURCE_LIST, has_standard2, prepare_into, read_list
 from rxte_hpc.extract.filterexpr import FilterExpr, parse_filter
-from rxte_hpc.extract.gti import DEFAULT_FRACTION, intersect_gtis, intervals_from_flags, select_rows, union_gtis
+from rxte_hpc.core.intervals import intersect, union
+from rxte_hpc.extract.gti import DEFAULT_FRACTION, intervals_from_flags, select_rows
 from rxte_hpc.fits.tableio import FitsTable, find_table, read_tables
 from rxte_hpc.extract.std2 import ChannelBand, bins_for_channels, channel_map_from_header, parse_layerlist, parse_pculist, resolve_band
 
@@ -77,9 +78,9 @@ def band_for_pcu(band: BandConfig, pcu: int, met: float) -> ChannelBand:
 
 def effective_gti(file_gti: np.ndarray, user_gti: np.ndarray, tstart: float | None, tstop: float | None) -> np.ndarray:
     """saextrct's gtiorfile=APPLY: the file's GTI AND the user's, the latter clipped to the file's span."""
-    gti = intersect_gtis(file_gti, user_gti)
+    gti = intersect(file_gti, user_gti)
     if tstart is not None and tstop is not None:
-        gti = intersect_gtis(gti, np.array([[tstart, tstop]]))
+        gti = intersect(gti, np.array([[tstart, tstop]]))
     return gti
 
 
@@ -247,7 +248,7 @@ def light_curves(source: Sequence[FileRows], background: Sequence[FileRows], sel
         live_bk, cb_k = np.zeros(len(keys)), np.zeros((len(sel.bands), len(keys)))
     time = t0 + keys * sel.binsz
     fracexp = realbin / sel.binsz
-    gti = union_gtis(*[r.gti for r in source])
+    gti = union(*[r.gti for r in source])
     first = source[0]
     ref = read_time_ref(first.header)
     curves = []
@@ -332,7 +333,7 @@ class NativeExtractor(Extractor):
         filters = sorted(prepared.glob("FP_*.xfl")) or sorted(prepared.glob("FP_*.xfl.gz"))
         if not filters:
             raise DataError(f"{obsid}: no filter file FP_*.xfl in {prepared}: rerun pcaprepobsid")
-        gti = union_gtis(*[screen_filter_file(path, expr) for path in filters])
+        gti = union(*[screen_filter_file(path, expr) for path in filters])
         if not len(gti):
             raise NoDataError(f"{obsid}: every filter row fails {expr.text}")
         return gti

@@ -27,6 +27,7 @@ from rxte_hpc.fits.lcfile import LightCurve, TimeRef, bins_as_gti, lightcurve_hd
 from rxte_hpc.core.manifest import Manifest, read_manifest
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import MISSING, RunSummary
+from rxte_hpc.core.intervals import union
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class CurveAccumulator:
             timedel=timedel,
             ref=self.ref,
             columns=columns,
-            gti=gti_union(self.gtis),
+            gti=union(*self.gtis),
             name=name,
             keywords=dict(self.keywords or {}),
         )
@@ -235,20 +236,6 @@ def find_overlaps(
         for a, b in {(int(codes[j]), int(codes[j - k])) for j in hit}:
             pairs.add(tuple(sorted((str(names[a]), str(names[b])))))  # type: ignore[arg-type]
     return tuple(sorted(pairs)), count
-
-
-def gti_union(gtis: Sequence[np.ndarray]) -> np.ndarray:
-    """Union of (n, 2) interval arrays; touching intervals are joined."""
-    parts = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in gtis]
-    g = np.concatenate(parts) if parts else np.zeros((0, 2))
-    if not len(g):
-        return g
-    g = g[np.argsort(g[:, 0], kind="stable")]
-    ends = np.maximum.accumulate(g[:, 1])
-    new = np.concatenate([[True], g[1:, 0] > ends[:-1]])
-    first = np.nonzero(new)[0]
-    last = np.concatenate([first[1:] - 1, [len(g) - 1]])
-    return np.column_stack([g[first, 0], ends[last]])
 
 
 def hardness_ratio(hard: LightCurve, soft: LightCurve, hard_name: str = "hard", soft_name: str = "soft") -> HardnessCurve:
