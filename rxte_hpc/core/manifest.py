@@ -19,7 +19,7 @@ from astropy.table import Table
 
 from rxte_hpc.core.errors import DataError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
-from rxte_hpc.core.obsid import ObsID, check_cycle
+from rxte_hpc.core.obsid import MAX_CYCLE, ObsID, check_cycle
 
 COLUMNS = ("index", "obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec", "task")
 #: With several configured targets: the configured target whose cone holds the row (DESIGN.md "Manifest").
@@ -91,6 +91,11 @@ class Manifest:
         """The configured targets of a several-targets run, in first-appearance order (empty for one target)."""
         return tuple(dict.fromkeys(r.target for r in self.rows if r.target))
 
+    @property
+    def table(self) -> Table:
+        """The manifest as an astropy Table (what `manifest.ecsv` holds), for notebooks."""
+        return self.to_table()
+
     def to_table(self) -> Table:
         dtypes = (np.int64, "U15", np.int64, np.int64, "U64", np.float64, np.float64, np.float64, np.float64, np.int64)
         values = [
@@ -145,36 +150,34 @@ def read_manifest(path: Path) -> Manifest:
     missing = [c for c in COLUMNS if c not in t.colnames]
     if missing:
         raise DataError(f"{path}: manifest lacks column {missing[0]!r}")
-    cols = {c: _column(t, c) for c in COLUMNS}
+    try:
+        ints = {c: _typed(t, c, _int) for c in ("index", "cycle", "prnb", "task")}
+        floats = {c: _typed(t, c, _float) for c in ("time_mjd", "exposure_s", "ra", "dec")}
+    except _BadCell as exc:
+        raise DataError(f"{path}: row {exc.row + 1}: {exc.reason}") from None
+    texts = _column(t, "target_name")
+    obsids = _column(t, "obsid")
     targets = _column(t, TARGET_COLUMN) if TARGET_COLUMN in t.colnames else None
     rows = []
     seen: dict[ObsID, int] = {}
+    index, cycle, prnb, task = ints["index"], ints["cycle"], ints["prnb"], ints["task"]
+    time_mjd, exposure, ra, dec = floats["time_mjd"], floats["exposure_s"], floats["ra"], floats["dec"]
+    cycles_ok = all(0 <= c <= MAX_CYCLE for c in cycle)
     for i in range(len(t)):
-        where = f"{path}: row {i + 1}"
         try:
-            obsid = ObsID.parse(cols["obsid"][i])
-            row = ManifestRow(
-                index=_int(cols["index"][i], "index"),
-                obsid=obsid,
-                cycle=check_cycle(_int(cols["cycle"][i], "cycle")),
-                prnb=_int(cols["prnb"][i], "prnb"),
-                target_name=_cell_text(cols["target_name"][i]),
-                time_mjd=_float(cols["time_mjd"][i], "time_mjd"),
-                exposure_s=_float(cols["exposure_s"][i], "exposure_s"),
-                ra=_float(cols["ra"][i], "ra"),
-                dec=_float(cols["dec"][i], "dec"),
-                task=_int(cols["task"][i], "task"),
-                target=_cell_text(targets[i]) if targets is not None else "",
-            )
-        except (ValueError, TypeError, DataError) as exc:
-            raise DataError(f"{where}: {exc}") from None
+            obsid = ObsID.parse(obsids[i])
+            if not cycles_ok:
+                check_cycle(cycle[i])
+        except DataError as exc:
+            raise DataError(f"{path}: row {i + 1}: {exc}") from None
         if obsid in seen:
-            raise DataError(f"{where}: ObsID {obsid} is listed twice (first at row {seen[obsid] + 1}); "
+            raise DataError(f"{path}: row {i + 1}: ObsID {obsid} is listed twice (first at row {seen[obsid] + 1}); "
                             "each ObsID is planned once")
         seen[obsid] = i
-        if row.task < 0:
-            raise DataError(f"{where}: task {row.task} is negative")
-        rows.append(row)
+        if task[i] < 0:
+            raise DataError(f"{path}: row {i + 1}: task {task[i]} is negative")
+        rows.append(ManifestRow(index[i], obsid, cycle[i], prnb[i], _cell_text(texts[i]), time_mjd[i], exposure[i],
+                                ra[i], dec[i], task[i], _cell_text(targets[i]) if targets is not None else ""))
     meta = dict(t.meta)
     _check_tasks(path, rows, meta)
     return Manifest(tuple(rows), meta)
@@ -186,6 +189,29 @@ def _column(t: Table, name: str) -> list[Any]:
     if getattr(col, "mask", None) is not None and np.any(col.mask):
         return [None if m else v for v, m in zip(col.data.data.tolist(), np.asarray(col.mask).tolist())]
     return list(np.asarray(col).tolist())
+
+
+class _BadCell(Exception):
+    def __init__(self, row: int, reason: str) -> None:
+        super().__init__(reason)
+        self.row, self.reason = row, reason
+
+
+def _typed(t: Table, name: str, convert: Any) -> list[Any]:
+    """A numeric column as Python ints/floats; a column of the declared type needs no per-cell check."""
+    col = t[name]
+    kind = "iu" if convert is _int else "iuf"
+    masked = getattr(col, "mask", None) is not None and bool(np.any(col.mask))
+    if not masked and np.asarray(col).dtype.kind in kind:
+        values = np.asarray(col).tolist()
+        return [float(v) for v in values] if convert is _float and np.asarray(col).dtype.kind != "f" else values
+    out = []
+    for i, value in enumerate(_column(t, name)):
+        try:
+            out.append(convert(value, name))
+        except ValueError as exc:
+            raise _BadCell(i, str(exc)) from None
+    return out
 
 
 def _int(value: Any, name: str) -> int:
