@@ -490,11 +490,20 @@ def _first_gti(first: LightCurve) -> np.ndarray:
     return first.gti if first.gti is not None else bins_as_gti(first.time, first.timedel)
 
 
+def set_card(header: fits.Header, key: str, value: Any, comment: str = "") -> None:
+    """header[key] = (value, comment), the comment trimmed to fit the card (a value is never cut)."""
+    if isinstance(value, tuple):
+        value, comment = value[0], (value[1] if len(value) > 1 else "")
+    used = len(str(fits.Card(key, value)).rstrip())
+    room = 80 - used - 3 if used <= 80 else 0
+    header[key] = (value, comment[:room] if room > 0 else "")
+
+
 def _astropy_hdu(name: str, cols: list[Col], cards: list[Card]) -> fits.BinTableHDU:
     hdu = fits.BinTableHDU.from_columns(
         [fits.Column(name=c.name, format=c.tform, array=c.array, unit=c.unit) for c in cols], name=name)
     for key, value, comment in cards:
-        hdu.header[key] = (value, comment)
+        set_card(hdu.header, key, value, comment)
     return hdu
 
 
@@ -518,7 +527,7 @@ def lightcurve_hdulist(
         raise ValueError("no light curve to write")
     primary = fits.PrimaryHDU()
     for key, value, comment in _primary_cards(curves[0], primary_keywords):
-        primary.header[key] = (value, comment)
+        set_card(primary.header, key, value, comment)
     hdus: list[fits.hdu.base._BaseHDU] = [primary, *(lightcurve_hdu(lc, primary_keywords) for lc in curves)]
     hdus.append(gti_hdu(_first_gti(curves[0]), curves[0].ref))
     hdus.extend(extra_hdus)

@@ -6,13 +6,17 @@ TIMEDEL or an error, the inputs' GTIs are unioned, each row keeps its ObsID,
 and rows of two ObsIDs in the same time bin are reported and kept, never
 averaged. Files are read one at a time into lists of small arrays that are
 concatenated once, so memory follows the merged size, not the file count.
-The pure part (`merge_lightcurves`, `hardness_ratio`) works on `LightCurve`
-objects and is tested without files; `run_gather` adds the run directory.
+The pure part (`merge_lightcurves`, `hardness.hardness_ratio`) works on
+`LightCurve` objects and is tested without files; `run_gather` adds the run
+directory: each per-ObsID file's CHECKSUM is verified and a file that fails it,
+or lacks a column, or has a non-finite TIME, makes that ObsID `failed` (data).
+Every product written is listed in `products.ecsv` (`index.py`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -22,22 +26,32 @@ from astropy.io import fits
 from rxte_hpc import __version__
 from rxte_hpc.core.config import BandConfig, Config
 from rxte_hpc.core.errors import DataError, SiteError
-from rxte_hpc.core.fsutil import atomic_path
-from rxte_hpc.fits.lcfile import LightCurve, TimeRef, bins_as_gti, lightcurve_hdulist, read_lightcurves, time_cards
+from rxte_hpc.fits.lcfile import (
+    LightCurve, TimeRef, bins_as_gti, extraction_keywords, lightcurve_hdulist, read_lightcurves,
+)
 from rxte_hpc.core.manifest import Manifest, read_manifest
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import MISSING, RunSummary
+from rxte_hpc.products.hardness import HardnessCurve, hardness_ratio, write_hardness, write_hdul
+from rxte_hpc.products.index import ProductEntry, clear_stale, write_index
 from rxte_hpc.core.intervals import union
+
+__all__ = ["CurveAccumulator", "GatherResult", "MergedCurve", "ObsOutcome", "hardness_ratio", "merge_lightcurves",
+           "run_gather"]
 
 log = logging.getLogger(__name__)
 
 #: Columns carried into the merged curve only when every input has them.
 OPTIONAL_COLUMNS = ("BACKV", "BACKE", "LiveTime")
 #: Light-curve keywords carried when every input agrees on them (per-ObsID ones like ONTIME are not).
+#: CHMIN/CHMAX are not among them: an energy band has other channels in each gain epoch, so the merged
+#: file gives their range and the channels of each epoch (`channel_keywords`).
 CARRIED_KEYWORDS = (
     "TELESCOP", "INSTRUME", "OBJECT", "HDUCLAS2", "BACKAPP", "DEADAPP", "VIGNAPP", "CLOCKAPP",
-    "TIMEREF", "TASSIGN", "CHMIN", "CHMAX", "MINCHAN", "MAXCHAN",
+    "TIMEREF", "TASSIGN", "MINCHAN", "MAXCHAN", "E_MIN", "E_MAX", "PCULIST", "LAYERS", "RATEUNIT", "STDBAND",
 )
+#: Gain-epoch keyword names the extractors use.
+_EPOCH_KEYS = ("GAINEPOC", "GAINEPO")
 #: Two bins closer than TIMEDEL minus this (s) share time; float noise at ~3e8 s is ~1e-7 s.
 OVERLAP_TOLERANCE_S = 1e-6
 #: How many ObsIDs a one-line summary names before it says "+N more".
@@ -61,26 +75,11 @@ class MergedCurve:
     n_nan: int
     overlaps: tuple[tuple[str, str], ...]
     n_overlap_rows: int
+    channels: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)  # ObsID -> CHMIN, CHMAX, epoch
 
     @property
     def n_rows(self) -> int:
         return self.curve.n_rows
-
-
-@dataclass(frozen=True)
-class HardnessCurve:
-    """H/S and (H-S)/(H+S) with propagated 1-sigma errors, where both rates are > 0 and finite."""
-
-    time: np.ndarray
-    obsid: np.ndarray
-    ratio: np.ndarray
-    ratio_error: np.ndarray
-    hr: np.ndarray
-    hr_error: np.ndarray
-    ref: TimeRef
-    timedel: float
-    hard: str
-    soft: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,7 @@ class ObsOutcome:
     state: str  # used | failed | missing | no_data
     error: str = ""
     n_rows: int = 0
+    exposure: float = float("nan")  # EXPOSURE (s) of the ObsID's light curve, NaN when not used
 
 
 class CurveAccumulator:
@@ -125,6 +125,8 @@ class CurveAccumulator:
         self.codes: list[np.ndarray] = []
         self.gtis: list[np.ndarray] = []
         self.keywords: dict[str, Any] | None = None
+        #: per ObsID: (CHMIN, CHMAX, gain epoch), -1 where the file does not say
+        self.channels: dict[str, tuple[int, int, int]] = {}
 
     def add(self, obsid: str, lc: LightCurve) -> None:
         if self.ref is None:
@@ -151,6 +153,9 @@ class CurveAccumulator:
                 del self.optional[name]
         self.codes.append(np.full(lc.n_rows, len(self.obsids), dtype=np.int32))
         self.obsids.append(obsid)
+        epoch_key = next((e for e in _EPOCH_KEYS if e in lc.keywords), "GAINEPOC")
+        lo, hi, epoch = (int(_value(lc.keywords.get(k, -1))) for k in ("CHMIN", "CHMAX", epoch_key))
+        self.channels[obsid] = (lo, hi, epoch)
         carried = {k: lc.keywords[k] for k in CARRIED_KEYWORDS if k in lc.keywords}
         if self.keywords is None:
             self.keywords = carried
@@ -184,10 +189,33 @@ class CurveAccumulator:
             columns=columns,
             gti=union(*self.gtis),
             name=name,
-            keywords=dict(self.keywords or {}),
+            keywords={**(self.keywords or {}), **channel_keywords(self.channels)},
         )
         pairs, n_overlap = find_overlaps(time, codes, timedel, names)
-        return MergedCurve(curve, tuple(self.obsids), int(np.count_nonzero(~np.isfinite(rate))), pairs, n_overlap)
+        return MergedCurve(curve, tuple(self.obsids), int(np.count_nonzero(~np.isfinite(rate))), pairs, n_overlap,
+                           dict(self.channels))
+
+
+def _value(value: Any) -> Any:
+    """A keyword given as value or (value, comment)."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+def channel_keywords(channels: Mapping[str, tuple[int, int, int]]) -> dict[str, Any]:
+    """CHMIN/CHMAX of the merged band (their range over the ObsIDs) and CHAN_E<n> = 'lo-hi' per gain epoch."""
+    known = [c for c in channels.values() if c[0] >= 0 and c[1] >= 0]
+    if not known:
+        return {}
+    lo, hi = min(c[0] for c in known), max(c[1] for c in known)
+    varies = len({c[:2] for c in known}) > 1
+    out: dict[str, Any] = {
+        "CHMIN": (lo, "lowest absolute channel, all ObsIDs" if varies else "lowest absolute PCA channel"),
+        "CHMAX": (hi, "highest absolute channel, all ObsIDs" if varies else "highest absolute PCA channel"),
+    }
+    for epoch in sorted({c[2] for c in known if c[2] > 0}):
+        ranges = sorted({c[:2] for c in known if c[2] == epoch})
+        out[f"CHAN_E{epoch}"] = (",".join(f"{a}-{b}" for a, b in ranges), f"channels used in gain epoch {epoch}")
+    return out
 
 
 def merge_lightcurves(curves: Iterable[tuple[str, LightCurve]], name: str = "RATE") -> MergedCurve:
@@ -238,45 +266,6 @@ def find_overlaps(
     return tuple(sorted(pairs)), count
 
 
-def hardness_ratio(hard: LightCurve, soft: LightCurve, hard_name: str = "hard", soft_name: str = "soft") -> HardnessCurve:
-    """RATIO = H/S and HR = (H-S)/(H+S) on rows matched by exact TIME and ObsID.
-
-    Rows where either rate is zero, negative or not finite are left out: a
-    net (background-subtracted) rate can be <= 0 and the ratio means nothing there.
-    """
-    if hard.ref != soft.ref:
-        raise DataError(f"bands {hard_name} and {soft_name} are on different time references")
-
-    def keys(lc: LightCurve) -> np.ndarray:
-        out = np.empty(lc.n_rows, dtype=[("t", "f8"), ("o", "S32")])
-        out["t"] = lc.time
-        out["o"] = lc.columns["OBSID"]
-        return out
-
-    kh, ks = keys(hard), keys(soft)
-    _, ih, is_ = np.intersect1d(kh, ks, assume_unique=False, return_indices=True)
-    h, s = hard.rate[ih], soft.rate[is_]
-    eh, es = hard.error[ih], soft.error[is_]
-    good = np.isfinite(h) & np.isfinite(s) & (h > 0) & (s > 0) & np.isfinite(eh) & np.isfinite(es)
-    ih, is_, h, s, eh, es = ih[good], is_[good], h[good], s[good], eh[good], es[good]
-    order = np.lexsort((kh["o"][ih], kh["t"][ih]))
-    ih, h, s, eh, es = ih[order], h[order], s[order], eh[order], es[order]
-    ratio = h / s
-    total = h + s
-    return HardnessCurve(
-        time=hard.time[ih],
-        obsid=np.asarray(hard.columns["OBSID"])[ih],
-        ratio=ratio,
-        ratio_error=ratio * np.hypot(eh / h, es / s),
-        hr=(h - s) / total,
-        hr_error=2.0 * np.hypot(s * eh, h * es) / total**2,
-        ref=hard.ref,
-        timedel=hard.timedel,
-        hard=hard_name,
-        soft=soft_name,
-    )
-
-
 # ---------------------------------------------------------------- the run directory
 
 
@@ -301,15 +290,16 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
         if state != "used":
             outcomes.append(ObsOutcome(st.obsid, st.task, state, error))
             continue
+        lc_path = paths.lc(st.obsid)
         try:
-            chosen = _band_curves(read_lightcurves(paths.lc(st.obsid)), bands, str(paths.lc(st.obsid)))
+            chosen = _band_curves(read_lightcurves(lc_path, verify_checksum=True), bands, str(lc_path))
         except DataError as exc:
-            log.warning("%s: unreadable light curve, counted as failed (%s)", st.obsid, exc)
+            log.warning("%s: light curve not merged, counted as failed (%s)", st.obsid, exc)
             outcomes.append(ObsOutcome(st.obsid, st.task, "failed", f"gather: {exc}"))
             continue
         for band, lc in zip(bands, chosen):
             accs[band.name].add(st.obsid, lc)
-        outcomes.append(ObsOutcome(st.obsid, st.task, "used", n_rows=chosen[0].n_rows))
+        outcomes.append(ObsOutcome(st.obsid, st.task, "used", n_rows=chosen[0].n_rows, exposure=chosen[0].exposure))
     counts = {s: sum(1 for o in outcomes if o.state == s) for s in ("used", "failed", "missing", "no_data")}
     if not counts["used"]:
         raise DataError(f"nothing to merge in {paths.root}: no ObsID is done ({_state_text(outcomes)})")
@@ -317,19 +307,32 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
     del accs
 
     provenance = _provenance(config, manifest, counts)
+    target_name = _target_name(config, merged[bands[0].name])
     outputs: list[Path] = []
+    entries: list[ProductEntry] = []
     for band in bands:
-        target = paths.output(_band_file(config.gather.output, band.name, len(bands)))
-        _write_merged(target, merged[band.name], band, provenance, outcomes, config)
-        outputs.append(target)
+        out = paths.output(_band_file(config.gather.output, band.name, len(bands)))
+        m = merged[band.name]
+        _write_merged(out, m, band, provenance, outcomes, config)
+        outputs.append(out)
+        entries.append(ProductEntry(out.name, "lightcurve", target_name, band.name, m.n_rows, len(m.obsids)))
     ratios = []
     for hard, soft in config.gather.hardness or ():
         hc = hardness_ratio(merged[hard].curve, merged[soft].curve, hard, soft)
-        target = paths.output(f"hardness_{hard}_{soft}.fits")
-        _write_hardness(target, hc, provenance)
-        outputs.append(target)
+        out = paths.output(f"hardness_{hard}_{soft}.fits")
+        common = {k: v for k, v in merged[hard].curve.keywords.items() if k in ("TELESCOP", "INSTRUME", "OBJECT")}
+        write_hardness(out, hc, {**provenance, **common,
+                                 "HARDBAND": (_band_text(merged[hard], bands, hard), "numerator band"),
+                                 "SOFTBAND": (_band_text(merged[soft], bands, soft), "denominator band")})
+        outputs.append(out)
         ratios.append(hc)
-    plot = _plot(paths.output(config.gather.plot), merged, ratios, manifest, outcomes, bands)
+        entries.append(ProductEntry(out.name, "hardness", target_name, f"{hard}/{soft}", len(hc.time),
+                                    len(set(hc.obsid.tolist()))))
+    plot = _plot(paths.output(config.gather.plot), merged, ratios, outcomes, bands, target_name)
+    if plot is not None:
+        entries.append(ProductEntry(plot.name, "plot", target_name, "", 0, counts["used"]))
+    stale = clear_stale(paths.root, [*outputs, *([plot] if plot else [])], config.gather.output, config.gather.plot)
+    write_index(paths.root, entries, config.hash())
 
     failed = [o.obsid for o in outcomes if o.state == "failed"]
     missing = [o.obsid for o in outcomes if o.state == "missing"]
@@ -350,6 +353,8 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
                      + _first_few(["/".join(p) for p in first.overlaps]))
     if plot is None:
         parts.append("no plot")
+    if stale.removed or stale.reported:
+        parts.append(stale.describe())
     if (failed or missing) and allow_missing:
         parts.append("allowed (--allow-missing)")
     line = "; ".join(parts)
@@ -367,6 +372,16 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
         exit_code=exit_code,
         summary=line,
     )
+
+
+def _rate_unit(lc: LightCurve) -> str:
+    """The y-axis unit of a merged rate: per live PCU when dead time was applied (pcaextlc2), else as labelled."""
+    unit = _value(lc.keywords.get("RATEUNIT"))
+    if unit:
+        return str(unit)
+    if _value(lc.keywords.get("DEADAPP")) is True:
+        return "net count/s per live PCU"
+    return "net count/s" if _value(lc.keywords.get("BACKAPP")) else "count/s"
 
 
 def _band_curves(curves: list[LightCurve], bands: Sequence[BandConfig], where: str) -> list[LightCurve]:
@@ -400,11 +415,12 @@ def _state_text(outcomes: Sequence[ObsOutcome]) -> str:
 
 
 def _provenance(config: Config, manifest: Manifest, counts: Mapping[str, int]) -> dict[str, Any]:
+    ex = config.extract
     return {
         "CREATOR": (f"rxte-hpc {__version__}", "tool that merged the light curves"),
         "CONFHASH": (config.hash(), "hash of the extraction config"),
         "MANIFEST": (manifest.digest(), "digest of manifest.ecsv"),
-        "BACKEND": (config.extract.backend, "extractor of the per-ObsID light curves"),
+        **extraction_keywords(ex.backend, ex.pculist, ex.layerlist, ex.filter),
         "N_USED": (counts["used"], "ObsIDs merged"),
         "N_MISS": (counts["missing"], "ObsIDs not extracted (yet) or interrupted"),
         "N_FAILED": (counts["failed"], "ObsIDs that failed or were unreadable"),
@@ -412,84 +428,80 @@ def _provenance(config: Config, manifest: Manifest, counts: Mapping[str, int]) -
     }
 
 
-def _band_keywords(band: BandConfig, config: Config) -> dict[str, Any]:
+def _band_keywords(band: BandConfig, config: Config, merged: MergedCurve) -> dict[str, Any]:
+    """BANDNAME, BAND, and the channels/energies of the band (from the per-ObsID files where they vary)."""
     out: dict[str, Any] = {"BANDNAME": (band.name, "band name in extract.bands")}
+    kw = merged.curve.keywords
+    for key in ("CHMIN", "CHMAX", "E_MIN", "E_MAX"):
+        if key in kw:
+            out[key] = kw[key]
     if band.chmin is not None and band.chmax is not None:
-        out["CHMIN"] = (band.chmin, "lowest absolute PCA channel")
+        out["CHMIN"] = (band.chmin, "lowest absolute PCA channel")  # asked for: the same in every epoch
         out["CHMAX"] = (band.chmax, "highest absolute PCA channel")
         out["BAND"] = (band.describe(), "channel band")
     elif band.energy_kev is not None:
-        out["E_MIN"] = (band.energy_kev[0], "[keV] low energy of the band")
-        out["E_MAX"] = (band.energy_kev[1], "[keV] high energy of the band")
-        out["BAND"] = (band.describe(), "energy band")
+        out["E_MIN"] = (float(band.energy_kev[0]), "[keV] low energy of the band")
+        out["E_MAX"] = (float(band.energy_kev[1]), "[keV] high energy of the band")
+        out["BAND"] = (band.describe(), "energy band (nominal keV -> channels)")
     elif config.extract.backend == "stdprod":
         out["BAND"] = (f"stdprod band {config.extract.stdprod_band}", "standard-product band")
     return out
+
+
+def _band_text(merged: MergedCurve, bands: Sequence[BandConfig], name: str) -> str:
+    """A band for people: '2-9 keV', '2-9 keV (channels 5-21)', or 'channels 5-10'."""
+    band = next(b for b in bands if b.name == name)
+    kw = merged.curve.keywords
+    lo, hi = _value(kw.get("E_MIN")), _value(kw.get("E_MAX"))
+    kev = f"{float(lo):g}-{float(hi):g} keV" if lo is not None and hi is not None else ""
+    chans = f"channels {_value(kw['CHMIN'])}-{_value(kw['CHMAX'])}" if "CHMIN" in kw and "CHMAX" in kw else ""
+    if kev and chans:
+        return f"{kev} ({chans})"
+    return kev or chans or band.describe()
+
+
+def _target_name(config: Config, merged: MergedCurve) -> str:
+    return str(config.target.name or _value(merged.curve.keywords.get("OBJECT", "")) or "").strip()
 
 
 def _write_merged(
     target: Path, merged: MergedCurve, band: BandConfig, provenance: Mapping[str, Any],
     outcomes: Sequence[ObsOutcome], config: Config,
 ) -> None:
-    primary = {**provenance, **_band_keywords(band, config)}
+    primary = {**provenance, **_band_keywords(band, config, merged)}
     primary["N_ROWS"] = (merged.n_rows, "rows in the merged light curve")
     primary["N_NAN"] = (merged.n_nan, "rows with a NaN rate (no PCU on), kept")
     primary["OVERLAPS"] = (merged.n_overlap_rows, "row pairs of two ObsIDs in one time bin, kept")
-    hdul = lightcurve_hdulist([merged.curve], primary, extra_hdus=[_obsids_hdu(outcomes)])
+    on_rate = {k: v for k, v in primary.items() if k in ("CHMIN", "CHMAX", "E_MIN", "E_MAX", "BAND", "BANDNAME")}
+    curve = dataclasses.replace(merged.curve, keywords={**merged.curve.keywords, **on_rate})
+    hdul = lightcurve_hdulist([curve], primary, extra_hdus=[_obsids_hdu(outcomes, merged.channels)])
     for a, b in merged.overlaps[:50]:
         hdul[0].header.add_comment(f"overlap: ObsIDs {a} and {b} have rows in the same time bin")
-    _write_hdul(target, hdul)
+    write_hdul(target, hdul)
 
 
-def _obsids_hdu(outcomes: Sequence[ObsOutcome]) -> fits.BinTableHDU:
+def _obsids_hdu(outcomes: Sequence[ObsOutcome], channels: Mapping[str, tuple[int, int, int]]) -> fits.BinTableHDU:
+    chan = np.array([channels.get(o.obsid, (-1, -1, -1)) for o in outcomes], dtype=np.int64).reshape(-1, 3)
     cols = [
         fits.Column("OBSID", "16A", array=[o.obsid for o in outcomes]),
         fits.Column("TASK", "K", array=np.array([o.task for o in outcomes], dtype=np.int64)),
         fits.Column("STATE", "8A", array=[o.state for o in outcomes]),
         fits.Column("N_ROWS", "K", array=np.array([o.n_rows for o in outcomes], dtype=np.int64)),
+        fits.Column("EXPOSURE", "D", unit="s", array=np.array([o.exposure for o in outcomes], dtype=np.float64)),
+        fits.Column("CHMIN", "K", null=-1, array=chan[:, 0]),
+        fits.Column("CHMAX", "K", null=-1, array=chan[:, 1]),
+        fits.Column("GAINEPOC", "K", null=-1, array=chan[:, 2]),
         fits.Column("ERROR", f"{max([1, *(len(o.error) for o in outcomes)])}A", array=[o.error for o in outcomes]),
     ]
     hdu = fits.BinTableHDU.from_columns(cols, name="OBSIDS")
     hdu.header["COMMENT"] = "every manifest ObsID: used, failed, missing or no_data, with the error"
+    hdu.header["COMMENT"] = "EXPOSURE, CHMIN, CHMAX, GAINEPOC: the ObsID's curve in this band (-1/NaN: none)"
     return hdu
 
 
-def _write_hardness(target: Path, hc: HardnessCurve, provenance: Mapping[str, Any]) -> None:
-    primary = fits.PrimaryHDU()
-    for key, value in provenance.items():
-        primary.header[key] = value
-    primary.header["HARD"] = (hc.hard, "band in the numerator")
-    primary.header["SOFT"] = (hc.soft, "band in the denominator")
-    width = max(1, int(hc.obsid.dtype.itemsize))
-    table = fits.BinTableHDU.from_columns(
-        [
-            fits.Column("TIME", "D", unit="s", array=hc.time),
-            fits.Column("RATIO", "D", array=hc.ratio),
-            fits.Column("RATIO_ERR", "D", array=hc.ratio_error),
-            fits.Column("HR", "D", array=hc.hr),
-            fits.Column("HR_ERR", "D", array=hc.hr_error),
-            fits.Column("OBSID", f"{width}A", array=hc.obsid),
-        ],
-        name="HARDNESS",
-    )
-    tstart = float(hc.time[0]) if len(hc.time) else 0.0
-    tstop = float(hc.time[-1] + hc.timedel) if len(hc.time) else 0.0
-    for key, value, comment in time_cards(hc.ref, tstart=tstart, tstop=tstop, timedel=hc.timedel, split=True):
-        table.header[key] = (value, comment)
-    table.header["COMMENT"] = f"RATIO = {hc.hard}/{hc.soft}, HR = ({hc.hard}-{hc.soft})/({hc.hard}+{hc.soft})"
-    table.header["COMMENT"] = "only rows where both net rates are finite and > 0"
-    _write_hdul(target, fits.HDUList([primary, table]))
-
-
-def _write_hdul(target: Path, hdul: fits.HDUList) -> None:
-    with atomic_path(target) as tmp:
-        hdul.writeto(tmp, checksum=True)
-    log.info("wrote %s", target)
-
-
 def _plot(
-    target: Path, merged: Mapping[str, MergedCurve], ratios: Sequence[HardnessCurve], manifest: Manifest,
-    outcomes: Sequence[ObsOutcome], bands: Sequence[BandConfig],
+    target: Path, merged: Mapping[str, MergedCurve], ratios: Sequence[HardnessCurve],
+    outcomes: Sequence[ObsOutcome], bands: Sequence[BandConfig], target_name: str,
 ) -> Path | None:
     """The figure; a plotting failure is logged and leaves the merged files valid."""
     from rxte_hpc.products.plot import ExposurePoints, Series, plot_lightcurves
@@ -497,17 +509,25 @@ def _plot(
     def series(label: str, lc: LightCurve) -> Series:
         return Series(label, lc.ref.mjd(lc.time), lc.rate, lc.error, lc.timedel)
 
-    single = len(bands) == 1
-    panels = [series("RATE (count/s)" if single else f"{b.name} RATE (count/s)", merged[b.name].curve) for b in bands]
-    hr = [Series(f"({h.hard}-{h.soft})/({h.hard}+{h.soft})", h.ref.mjd(h.time), h.hr, h.hr_error, h.timedel)
-          for h in ratios]
-    state = {o.obsid: o.state for o in outcomes}
+    first = merged[bands[0].name]
+    unit = _rate_unit(first.curve)
+    panels = [series(f"{b.name}: {_band_text(merged[b.name], bands, b.name)}\n{unit}", merged[b.name].curve)
+              for b in bands]
+    hr = [Series(f"({h.hard}-{h.soft})/({h.hard}+{h.soft})\n(dimensionless)", h.ref.mjd(h.time), h.hr, h.hr_error,
+                 h.timedel) for h in ratios]
+    # the EXPOSURE of each merged ObsID, drawn at its first bin; ObsIDs not merged have no exposure to draw
+    names, index = np.unique(np.asarray(first.curve.columns["OBSID"]).astype(str), return_index=True)
+    start = dict(zip(names.tolist(), np.atleast_1d(first.curve.ref.mjd(first.curve.time[index])).tolist()))
     exposures = ExposurePoints(
-        mjd=np.array([r.time_mjd for r in manifest.rows], dtype=float),
-        exposure_s=np.array([r.exposure_s for r in manifest.rows], dtype=float),
-        state=np.array([state.get(r.obsid.text, "missing") for r in manifest.rows]),
+        mjd=np.array([start.get(o.obsid, np.nan) for o in outcomes], dtype=float),
+        exposure_s=np.array([o.exposure for o in outcomes], dtype=float),
+        state=np.array([o.state for o in outcomes]),
     )
-    title = f"{len(merged[bands[0].name].obsids)} ObsIDs merged"
+    counts = {s: sum(1 for o in outcomes if o.state == s) for s in ("used", "failed", "missing", "no_data")}
+    others = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "used" and n)
+    bands_text = "; ".join(_band_text(merged[b.name], bands, b.name) for b in bands)
+    title = (f"{target_name or 'target not named'}, RXTE PCA {bands_text}: {counts['used']} ObsIDs merged"
+             + (f" ({others} not merged)" if others else ""))
     try:
         return plot_lightcurves(target, panels, hr, exposures, title)
     except (ValueError, RuntimeError, SiteError) as exc:

@@ -103,7 +103,7 @@ def _draw_exposure(ax, e: ExposurePoints) -> None:
         if sel.any():
             ax.vlines(year[sel], 0, e.exposure_s[sel] / 1000.0, color=colour, linewidth=0.8,
                       label=f"{state} ({int(sel.sum())})", rasterized=bool(sel.sum() > MAX_POINTS))
-    ax.set_ylabel("exposure per ObsID (ks)", fontsize=8)
+    ax.set_ylabel("EXPOSURE per\nmerged ObsID (ks)", fontsize=8)
     ax.set_ylim(bottom=0)
     if known.any():
         ax.legend(loc="upper right", fontsize=7, ncol=4, frameon=False)
