@@ -23,16 +23,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from astropy.io import fits
 
-from rxte_hpc import __version__
 from rxte_hpc.core.config import BandConfig, Config
 from rxte_hpc.core.errors import DataError, SiteError
 from rxte_hpc.fits.lcfile import (
-    LightCurve, TimeRef, bins_as_gti, extraction_keywords, lightcurve_hdulist, read_lightcurves,
+    LightCurve, TimeRef, bins_as_gti, lightcurve_hdulist, read_lightcurves,
 )
 from rxte_hpc.core.manifest import Manifest, read_manifest
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import MISSING, RunSummary
 from rxte_hpc.products.hardness import HardnessCurve, hardness_ratio, write_hardness, write_hdul
+from rxte_hpc.products import headers
+from rxte_hpc.products.headers import band_text, channel_keywords, value_of
 from rxte_hpc.products.index import ProductEntry, clear_stale, write_index
 from rxte_hpc.core.intervals import union
 
@@ -154,7 +155,7 @@ class CurveAccumulator:
         self.codes.append(np.full(lc.n_rows, len(self.obsids), dtype=np.int32))
         self.obsids.append(obsid)
         epoch_key = next((e for e in _EPOCH_KEYS if e in lc.keywords), "GAINEPOC")
-        lo, hi, epoch = (int(_value(lc.keywords.get(k, -1))) for k in ("CHMIN", "CHMAX", epoch_key))
+        lo, hi, epoch = (int(value_of(lc.keywords.get(k, -1))) for k in ("CHMIN", "CHMAX", epoch_key))
         self.channels[obsid] = (lo, hi, epoch)
         carried = {k: lc.keywords[k] for k in CARRIED_KEYWORDS if k in lc.keywords}
         if self.keywords is None:
@@ -194,28 +195,6 @@ class CurveAccumulator:
         pairs, n_overlap = find_overlaps(time, codes, timedel, names)
         return MergedCurve(curve, tuple(self.obsids), int(np.count_nonzero(~np.isfinite(rate))), pairs, n_overlap,
                            dict(self.channels))
-
-
-def _value(value: Any) -> Any:
-    """A keyword given as value or (value, comment)."""
-    return value[0] if isinstance(value, tuple) else value
-
-
-def channel_keywords(channels: Mapping[str, tuple[int, int, int]]) -> dict[str, Any]:
-    """CHMIN/CHMAX of the merged band (their range over the ObsIDs) and CHAN_E<n> = 'lo-hi' per gain epoch."""
-    known = [c for c in channels.values() if c[0] >= 0 and c[1] >= 0]
-    if not known:
-        return {}
-    lo, hi = min(c[0] for c in known), max(c[1] for c in known)
-    varies = len({c[:2] for c in known}) > 1
-    out: dict[str, Any] = {
-        "CHMIN": (lo, "lowest absolute channel, all ObsIDs" if varies else "lowest absolute PCA channel"),
-        "CHMAX": (hi, "highest absolute channel, all ObsIDs" if varies else "highest absolute PCA channel"),
-    }
-    for epoch in sorted({c[2] for c in known if c[2] > 0}):
-        ranges = sorted({c[:2] for c in known if c[2] == epoch})
-        out[f"CHAN_E{epoch}"] = (",".join(f"{a}-{b}" for a, b in ranges), f"channels used in gain epoch {epoch}")
-    return out
 
 
 def merge_lightcurves(curves: Iterable[tuple[str, LightCurve]], name: str = "RATE") -> MergedCurve:
@@ -306,8 +285,8 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
     merged = {name: acc.finish("RATE") for name, acc in accs.items()}
     del accs
 
-    provenance = _provenance(config, manifest, counts)
-    target_name = _target_name(config, merged[bands[0].name])
+    provenance = headers.provenance(config, manifest, counts)
+    target_name = headers.target_name(config, merged[bands[0].name].curve.keywords)
     outputs: list[Path] = []
     entries: list[ProductEntry] = []
     for band in bands:
@@ -322,8 +301,8 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
         out = paths.output(f"hardness_{hard}_{soft}.fits")
         common = {k: v for k, v in merged[hard].curve.keywords.items() if k in ("TELESCOP", "INSTRUME", "OBJECT")}
         write_hardness(out, hc, {**provenance, **common,
-                                 "HARDBAND": (_band_text(merged[hard], bands, hard), "numerator band"),
-                                 "SOFTBAND": (_band_text(merged[soft], bands, soft), "denominator band")})
+                                 "HARDBAND": (band_text(merged[hard].curve.keywords, bands, hard), "numerator band"),
+                                 "SOFTBAND": (band_text(merged[soft].curve.keywords, bands, soft), "denominator band")})
         outputs.append(out)
         ratios.append(hc)
         entries.append(ProductEntry(out.name, "hardness", target_name, f"{hard}/{soft}", len(hc.time),
@@ -374,16 +353,6 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
     )
 
 
-def _rate_unit(lc: LightCurve) -> str:
-    """The y-axis unit of a merged rate: per live PCU when dead time was applied (pcaextlc2), else as labelled."""
-    unit = _value(lc.keywords.get("RATEUNIT"))
-    if unit:
-        return str(unit)
-    if _value(lc.keywords.get("DEADAPP")) is True:
-        return "net count/s per live PCU"
-    return "net count/s" if _value(lc.keywords.get("BACKAPP")) else "count/s"
-
-
 def _band_curves(curves: list[LightCurve], bands: Sequence[BandConfig], where: str) -> list[LightCurve]:
     """The file's curve for each configured band; one band takes the first extension whatever its name."""
     if len(bands) == 1:
@@ -414,61 +383,11 @@ def _state_text(outcomes: Sequence[ObsOutcome]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "empty manifest"
 
 
-def _provenance(config: Config, manifest: Manifest, counts: Mapping[str, int]) -> dict[str, Any]:
-    ex = config.extract
-    return {
-        "CREATOR": (f"rxte-hpc {__version__}", "tool that merged the light curves"),
-        "CONFHASH": (config.hash(), "hash of the extraction config"),
-        "MANIFEST": (manifest.digest(), "digest of manifest.ecsv"),
-        **extraction_keywords(ex.backend, ex.pculist, ex.layerlist, ex.filter),
-        "N_USED": (counts["used"], "ObsIDs merged"),
-        "N_MISS": (counts["missing"], "ObsIDs not extracted (yet) or interrupted"),
-        "N_FAILED": (counts["failed"], "ObsIDs that failed or were unreadable"),
-        "N_NODATA": (counts["no_data"], "ObsIDs with nothing to extract"),
-    }
-
-
-def _band_keywords(band: BandConfig, config: Config, merged: MergedCurve) -> dict[str, Any]:
-    """BANDNAME, BAND, and the channels/energies of the band (from the per-ObsID files where they vary)."""
-    out: dict[str, Any] = {"BANDNAME": (band.name, "band name in extract.bands")}
-    kw = merged.curve.keywords
-    for key in ("CHMIN", "CHMAX", "E_MIN", "E_MAX"):
-        if key in kw:
-            out[key] = kw[key]
-    if band.chmin is not None and band.chmax is not None:
-        out["CHMIN"] = (band.chmin, "lowest absolute PCA channel")  # asked for: the same in every epoch
-        out["CHMAX"] = (band.chmax, "highest absolute PCA channel")
-        out["BAND"] = (band.describe(), "channel band")
-    elif band.energy_kev is not None:
-        out["E_MIN"] = (float(band.energy_kev[0]), "[keV] low energy of the band")
-        out["E_MAX"] = (float(band.energy_kev[1]), "[keV] high energy of the band")
-        out["BAND"] = (band.describe(), "energy band (nominal keV -> channels)")
-    elif config.extract.backend == "stdprod":
-        out["BAND"] = (f"stdprod band {config.extract.stdprod_band}", "standard-product band")
-    return out
-
-
-def _band_text(merged: MergedCurve, bands: Sequence[BandConfig], name: str) -> str:
-    """A band for people: '2-9 keV', '2-9 keV (channels 5-21)', or 'channels 5-10'."""
-    band = next(b for b in bands if b.name == name)
-    kw = merged.curve.keywords
-    lo, hi = _value(kw.get("E_MIN")), _value(kw.get("E_MAX"))
-    kev = f"{float(lo):g}-{float(hi):g} keV" if lo is not None and hi is not None else ""
-    chans = f"channels {_value(kw['CHMIN'])}-{_value(kw['CHMAX'])}" if "CHMIN" in kw and "CHMAX" in kw else ""
-    if kev and chans:
-        return f"{kev} ({chans})"
-    return kev or chans or band.describe()
-
-
-def _target_name(config: Config, merged: MergedCurve) -> str:
-    return str(config.target.name or _value(merged.curve.keywords.get("OBJECT", "")) or "").strip()
-
-
 def _write_merged(
     target: Path, merged: MergedCurve, band: BandConfig, provenance: Mapping[str, Any],
     outcomes: Sequence[ObsOutcome], config: Config,
 ) -> None:
-    primary = {**provenance, **_band_keywords(band, config, merged)}
+    primary = {**provenance, **headers.band_keywords(band, config, merged.curve.keywords)}
     primary["N_ROWS"] = (merged.n_rows, "rows in the merged light curve")
     primary["N_NAN"] = (merged.n_nan, "rows with a NaN rate (no PCU on), kept")
     primary["OVERLAPS"] = (merged.n_overlap_rows, "row pairs of two ObsIDs in one time bin, kept")
@@ -507,13 +426,13 @@ def _plot(
     from rxte_hpc.products.plot import ExposurePoints, Series, plot_lightcurves
 
     def series(label: str, lc: LightCurve) -> Series:
-        return Series(label, lc.ref.mjd(lc.time), lc.rate, lc.error, lc.timedel)
+        return Series(label, np.asarray(lc.ref.mjd(lc.time)), lc.rate, lc.error, lc.timedel)
 
     first = merged[bands[0].name]
-    unit = _rate_unit(first.curve)
-    panels = [series(f"{b.name}: {_band_text(merged[b.name], bands, b.name)}\n{unit}", merged[b.name].curve)
+    unit = headers.rate_unit(first.curve)
+    panels = [series(f"{b.name}: {band_text(merged[b.name].curve.keywords, bands, b.name)}\n{unit}", merged[b.name].curve)
               for b in bands]
-    hr = [Series(f"({h.hard}-{h.soft})/({h.hard}+{h.soft})\n(dimensionless)", h.ref.mjd(h.time), h.hr, h.hr_error,
+    hr = [Series(f"({h.hard}-{h.soft})/({h.hard}+{h.soft})\n(dimensionless)", np.asarray(h.ref.mjd(h.time)), h.hr, h.hr_error,
                  h.timedel) for h in ratios]
     # the EXPOSURE of each merged ObsID, drawn at its first bin; ObsIDs not merged have no exposure to draw
     names, index = np.unique(np.asarray(first.curve.columns["OBSID"]).astype(str), return_index=True)
@@ -525,7 +444,7 @@ def _plot(
     )
     counts = {s: sum(1 for o in outcomes if o.state == s) for s in ("used", "failed", "missing", "no_data")}
     others = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "used" and n)
-    bands_text = "; ".join(_band_text(merged[b.name], bands, b.name) for b in bands)
+    bands_text = "; ".join(band_text(merged[b.name].curve.keywords, bands, b.name) for b in bands)
     title = (f"{target_name or 'target not named'}, RXTE PCA {bands_text}: {counts['used']} ObsIDs merged"
              + (f" ({others} not merged)" if others else ""))
     try:
