@@ -1,230 +1,145 @@
-"""The CFITSIO filter-expression subset that screening uses, parsed safely and evaluated in numpy.
+"""maketime's filter expressions with CFITSIO's semantics, parsed safely and evaluated in numpy.
 
-A tokenizer and recursive-descent parser (never `eval`) build a small tree
-that evaluates over numpy columns with NULLs (RXTE-PCA.md Q3):
+The language is the part of CFITSIO's calculator (eval.l / eval.y, which
+maketime's `ftfrow` runs) that screening needs; every rule below was read in
+CFITSIO's source and is checked row for row against CFITSIO itself
+(tests/test_filterexpr_cfitsio.py, through fitsio). Anything else CFITSIO
+knows (strings, bit strings, `?:`, `{-1}` row offsets, `[i]`, `#KEYWORD`,
+`$name$`, bitwise operators, vector functions) is refused when the
+expression is parsed, never evaluated differently.
 
-NULL semantics (CFITSIO's row filter): a NULL is a float NaN or an integer equal
-to its column's TNULL. NULL propagates through arithmetic and comparisons, and
-arithmetic that yields NaN (x/0, inf-inf) is NULL too. `&&`/`||` use three-valued
-logic: false && NULL is false, true || NULL is true, otherwise NULL wins.
-`ISNULL(x)` is never NULL; `DEFNULL(x, d)` replaces NULLs of x by d. A row whose
-final result is NULL is not selected (false).
+* Tokens are CFITSIO's, longest match first: `2` is an integer and `2.`,
+  `.5`, `2e3` are reals; operators are `&& || ! == != < > <= >= =< => ~`,
+  `+ - * / % ** ^` and the Fortran forms `.and. .or. .not. .eq. .ne. .gt.
+  .lt. .ge. .le.` written all lower or all upper case (also without the
+  first dot, `and.`); `T` and `F` are logical constants; a function name is
+  followed by `(` with no space; `(int)`, `(float)` and `(double)` cast.
+* Precedence (loosest first): `||`; `&&`; `== != ~`; `< > <= >=`; `+ - %`
+  (CFITSIO puts `%` with `+`); `* /`; `**` (right-associative); `!`; casts;
+  unary minus. So `7 - 3 % 2` is `(7-3) % 2` and `-2**2` is 4.
+* Types: an integer constant or an integer column (TFORM B, I, J without
+  scaling, TZERO 32768 allowed) is a C `long`; reals, E/D columns, K columns
+  and scaled integers are doubles. Integer op integer stays integer: `/`
+  truncates toward zero, `%` takes the dividend's sign, `**` is
+  `(long)pow()`; mixed operands become doubles; double `%` is
+  `a - b*(int)(a/b)`; `~` is |a-b| < 1e-7 (== for integers).
+* NULL: a TNULL integer, or a float NaN or infinity (CFITSIO's reader flags
+  every all-ones exponent), is NULL; NULL propagates through arithmetic,
+  comparisons and `!`; `x/0` and `x%0` are NULL, as are SQRT/LOG/LOG10/ASIN/
+  ACOS outside their domain; `&&` and `||` are three-valued (false && NULL is
+  false, true || NULL is true). ISNULL is never NULL; DEFNULL(x, d) replaces
+  NULLs; MIN/MAX of a NULL and a value is the value. A row whose result is
+  NULL is not selected. A NaN computed from non-NULL values is a value.
+* A constant sub-expression is computed when parsed, as CFITSIO does, so
+  `1/0` or `LOG(0)` is a parse error.
 """
 from __future__ import annotations
 
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from rxte_hpc.core.errors import DataError, UsageError
+from rxte_hpc.extract import filtereval as ev
+from rxte_hpc.extract.filtereval import Node, Value
 
 # ---------------------------------------------------------------------------
-# Tokenizer
+# Tokenizer: CFITSIO's flex rules, longest match, earlier rule on a tie
 # ---------------------------------------------------------------------------
 
-_FORTRAN_WORDS = "AND|OR|NOT|GT|LT|GE|LE|EQ|NE"
-_TOKEN_RE = re.compile(
-    rf"""
-    (?P<space>\s+)
-  | (?P<fortran>\.(?:{_FORTRAN_WORDS})\.)
-  | (?P<number>(?:\d+(?:\.(?!(?:{_FORTRAN_WORDS})\.)\d*)?|\.\d+)(?:e[+-]?\d+)?)
-  | (?P<name>[a-z_][a-z0-9_]*)
-  | (?P<op>&&|\|\||==|!=|>=|<=|[<>!+\-*/(),])
-    """,
-    re.IGNORECASE | re.VERBOSE,
-)
-_CANONICAL = {
-    "&&": "AND", "||": "OR", "!": "NOT", "==": "EQ", "!=": "NE",
-    ">": "GT", "<": "LT", ">=": "GE", "<=": "LE",
+_WORD_OPS = {"not": "NOT", "or": "OR", "and": "AND", "eq": "EQ", "ne": "NE", "gt": "GT", "lt": "LT",
+             "ge": "GE", "le": "LE", "xor": "XOR"}
+_SYMBOL_OPS = {"**": "POW", "^": "POW", "!": "NOT", "||": "OR", "&&": "AND", "==": "EQ", "!=": "NE",
+               ">": "GT", "<": "LT", ">=": "GE", "=>": "GE", "<=": "LE", "=<": "LE", "^^": "XOR"}
+_WORDS = "|".join(list(_WORD_OPS) + [w.upper() for w in _WORD_OPS])
+# (kind, regex) in eval.l's order; the kind decides what happens to the token.
+_RULES: list[tuple[str, re.Pattern[str]]] = [
+    ("bitstr", re.compile(r"[bB][01xX]+|[oO][0-7xX]+|[hH][0-9a-fA-FxX]+")),
+    ("radix", re.compile(r"0b[01]+|0x[0-9a-fA-F]+|0o\]+")),
+    ("long", re.compile(r"[0-9]+")),
+    ("logical", re.compile(r"[tfTF]")),
+    ("double", re.compile(r"[0-9]*\.[0-9]+")),  # flex's alternatives, each tried for the longest match
+    ("double", re.compile(r"[0-9]*\.*[0-9]+[eEdD][+-]?[0-9]+")),
+    ("double", re.compile(r"[0-9]*\.")),
+    ("keyword", re.compile(r"#[a-zA-Z0-9_]+|#\$[^\n]*\$")),
+    ("string", re.compile(r"\"[^\"\n]*\"|'[^'\n]*'")),
+    ("name", re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*|\$[^$\n]*\$")),
+    ("func", re.compile(r"[a-zA-Z][a-zA-Z0-9]+\(")),
+    ("cast", re.compile(r"\((?:int|INT|float|FLOAT|double|DOUBLE)\)")),
+    ("op", re.compile(rf"\*\*|\^\^|\^|\.?(?:{_WORDS})\.|\|\||&&|==|!=|>=|=>|<=|=<|!|>|<")),
+    ("char", re.compile(r"[^ \t]", re.DOTALL)),
+]
+_REFUSED = {
+    "bitstr": "a bit/octal/hex string constant (CFITSIO reads {text!r} as one)",
+    "radix": "a 0b/0x/0o constant",
+    "keyword": "a #keyword or #constant",
+    "string": "a string",
 }
-_COMPARISONS = {
-    "GT": np.greater, "LT": np.less, "GE": np.greater_equal, "LE": np.less_equal,
-    "EQ": np.equal, "NE": np.not_equal,
-}
-_ARITHMETIC: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide,
-}
-_SYMBOL = {"AND": "&&", "OR": "||", "NOT": "!", "EQ": "==", "NE": "!=", "GT": ">", "LT": "<", "GE": ">=", "LE": "<="}
+_CHARS = set("()+-*/%,~")
 
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str  # 'number', 'name', 'op', 'end'
-    text: str  # canonical: operator names upper-case, names as written
+    kind: str  # 'long', 'double', 'logical', 'name', 'func', 'cast', 'op', 'end'
+    text: str  # canonical: operators upper-case names (AND, POW, ...) or the character
     pos: int  # 1-based column in the expression
+    raw: str  # as written
+
+
+def _syntax(expr: str, pos: int, what: str) -> UsageError:
+    """One line: the expression, what is wrong and the 1-based column where."""
+    return UsageError(f"bad filter expression {expr!r} (extract.filter): {what} at column {pos}")
 
 
 def _tokenize(expr: str) -> list[_Token]:
     tokens: list[_Token] = []
     index = 0
     while index < len(expr):
-        match = _TOKEN_RE.match(expr, index)
-        if not match:
-            hint = " (use '==' to test equality)" if expr[index] == "=" else ""
-            raise _syntax(expr, index + 1, f"unexpected character {expr[index]!r}{hint}")
-        kind = match.lastgroup or ""
-        text = match.group()
-        if kind == "fortran":
-            tokens.append(_Token("op", text[1:-1].upper(), index + 1))
-        elif kind == "op":
-            tokens.append(_Token("op", _CANONICAL.get(text, text), index + 1))
-        elif kind != "space":
-            tokens.append(_Token(kind, text, index + 1))
-        index = match.end()
-    tokens.append(_Token("end", "", len(expr) + 1))
+        if expr[index] in " \t":
+            index += 1
+            continue
+        best_kind, best_len = "", 0
+        for kind, pattern in _RULES:
+            match = pattern.match(expr, index)
+            if match and len(match.group()) > best_len:
+                best_kind, best_len = kind, len(match.group())
+        text = expr[index:index + best_len]
+        pos = index + 1
+        if best_kind in _REFUSED:
+            raise _syntax(expr, pos, f"{_REFUSED[best_kind].format(text=text)} is not supported")
+        if best_kind == "op":
+            word = text.strip(".")
+            tokens.append(_Token("op", _WORD_OPS.get(word.lower(), _SYMBOL_OPS.get(text, "")), pos, text))
+        elif best_kind == "double":
+            if text == "." and re.match(rf"\.(?:{_WORDS})\.", expr[index:], re.IGNORECASE):
+                raise _syntax(expr, pos, "write a Fortran operator all in upper or all in lower case (.GE. or .ge.)")
+            if text.count(".") > 1 or text == "." or re.search(r"[dD]", text):
+                raise _syntax(expr, pos, f"number {text!r} is not supported (CFITSIO reads it as atof({text!r}))")
+            tokens.append(_Token("double", text, pos, text))
+        elif best_kind == "name" and text.startswith("$"):
+            raise _syntax(expr, pos, f"a $quoted$ column name {text} is not supported")
+        elif best_kind == "char":
+            if text not in _CHARS:
+                hint = {"=": " (use '==' to test equality)", "&": " (use '&&')", "|": " (use '||')"}.get(text, "")
+                raise _syntax(expr, pos, f"unexpected character {text!r}{hint}")
+            tokens.append(_Token("op", text, pos, text))
+        else:
+            tokens.append(_Token(best_kind, text, pos, text))
+        index += best_len
+    tokens.append(_Token("end", "", len(expr) + 1, ""))
     return tokens
 
 
-def _syntax(expr: str, pos: int, what: str) -> UsageError:
-    """One line: the expression, what is wrong and the 1-based column where."""
-    return UsageError(f"bad filter expression {expr!r}: {what} at column {pos}")
-
-
 # ---------------------------------------------------------------------------
-# Syntax tree: each node knows its type ('num' or 'bool') and evaluates to
-# (values, null mask), both broadcastable to the number of rows.
+# Parser: recursive descent with eval.y's precedence (module docstring)
 # ---------------------------------------------------------------------------
 
-_Value = tuple[np.ndarray, np.ndarray]
-
-
-@dataclass(frozen=True)
-class _Columns:
-    """Evaluation input: upper-case column name -> (float values, null mask)."""
-
-    data: Mapping[str, _Value]
-
-
-@dataclass(frozen=True)
-class _Number:
-    value: float
-    kind = "num"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        return np.asarray(self.value, dtype=np.float64), np.asarray(False)
-
-
-@dataclass(frozen=True)
-class _Column:
-    name: str  # upper-case
-    kind = "num"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        return cols.data[self.name]
-
-
-@dataclass(frozen=True)
-class _Negate:
-    operand: Any
-    kind = "num"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        value, null = self.operand.evaluate(cols)
-        return -value, null
-
-
-@dataclass(frozen=True)
-class _Not:
-    operand: Any
-    kind = "bool"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        value, null = self.operand.evaluate(cols)
-        return ~value & ~null, null
-
-
-@dataclass(frozen=True)
-class _Arithmetic:
-    op: str
-    left: Any
-    right: Any
-    kind = "num"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        lv, ln = self.left.evaluate(cols)
-        rv, rn = self.right.evaluate(cols)
-        value = _ARITHMETIC[self.op](lv, rv)
-        # CFITSIO gives NULL for division by zero; any NaN result is NULL too.
-        null = ln | rn | np.isnan(value)
-        if self.op == "/":
-            null = null | (rv == 0)
-        return value, null
-
-
-@dataclass(frozen=True)
-class _Compare:
-    op: str
-    left: Any
-    right: Any
-    kind = "bool"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        lv, ln = self.left.evaluate(cols)
-        rv, rn = self.right.evaluate(cols)
-        null = ln | rn
-        return _COMPARISONS[self.op](lv, rv) & ~null, null
-
-
-@dataclass(frozen=True)
-class _Logical:
-    op: str  # 'AND' or 'OR'
-    left: Any
-    right: Any
-    kind = "bool"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        lv, ln = self.left.evaluate(cols)
-        rv, rn = self.right.evaluate(cols)
-        if self.op == "AND":
-            decided = (~lv & ~ln) | (~rv & ~rn)  # a known false decides AND
-            null = (ln | rn) & ~decided
-            return lv & rv & ~null, null
-        decided = (lv & ~ln) | (rv & ~rn)  # a known true decides OR
-        null = (ln | rn) & ~decided
-        return (lv | rv) & ~null, null
-
-
-@dataclass(frozen=True)
-class _IsNull:
-    operand: Any
-    kind = "bool"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        _, null = self.operand.evaluate(cols)
-        return np.asarray(null, dtype=bool), np.asarray(False)
-
-
-@dataclass(frozen=True)
-class _DefNull:
-    operand: Any
-    default: Any
-    kind: str
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        value, null = self.operand.evaluate(cols)
-        dvalue, dnull = self.default.evaluate(cols)
-        return np.where(null, dvalue, value), null & dnull
-
-
-@dataclass(frozen=True)
-class _Abs:
-    operand: Any
-    kind = "num"
-
-    def evaluate(self, cols: _Columns) -> _Value:
-        value, null = self.operand.evaluate(cols)
-        return np.abs(value), null
-
-
-# ---------------------------------------------------------------------------
-# Parser: recursive descent with CFITSIO's precedence (lowest first):
-#   || ; && ; == != ; < > <= >= ; + - ; * / ; unary ! - +
-# ---------------------------------------------------------------------------
-
-_FUNCTIONS = {"ISNULL": 1, "DEFNULL": 2, "ABS": 1}
+_LEVELS: list[tuple[str, ...]] = [("OR",), ("AND",), ("EQ", "NE", "~"), ("GT", "LT", "GE", "LE"), ("+", "-", "%"), ("*", "/")]
+_SHOWN = {"OR": "||", "AND": "&&", "NOT": "!", "EQ": "==", "NE": "!=", "GT": ">", "LT": "<", "GE": ">=",
+          "LE": "<=", "POW": "**", "XOR": "^^"}
 
 
 class _Parser:
@@ -245,150 +160,190 @@ class _Parser:
         self.index += 1
         return token
 
+    def at(self, *ops: str) -> bool:
+        return self.token.kind == "op" and self.token.text in ops
+
     def error(self, what: str, token: _Token | None = None) -> UsageError:
-        token = token or self.token
-        return _syntax(self.expr, token.pos, what)
+        return _syntax(self.expr, (token or self.token).pos, what)
 
     def unexpected(self) -> UsageError:
         token = self.token
         if token.kind == "end":
             return self.error("unexpected end of expression")
+        if token.kind == "op" and token.text == "XOR":
+            return self.error(f"the bitwise operator '{token.raw}' is not supported")
         return self.error(f"unexpected {_describe(token)}")
 
-    def expect_kind(self, node: Any, kind: str, token: _Token, role: str) -> None:
+    def need(self, node: Node, kind: str, token: _Token, role: str) -> None:
         if node.kind != kind:
             wanted = "a number" if kind == "num" else "a condition"
             raise self.error(f"{role} needs {wanted}", token)
 
-    def parse(self) -> Any:
+    def fold(self, node: Node, token: _Token) -> Node:
+        """A constant sub-expression is computed now, as CFITSIO does; its errors are parse errors."""
+        if node.constant:
+            try:
+                return ev.constant(node)
+            except ev.ConstantError as exc:
+                raise self.error(str(exc), token) from None
+        return node
+
+    def parse(self) -> Node:
         if self.token.kind == "end":
             raise self.error("empty expression")
-        node = self.logical("OR")
+        node = self.binary(0)
         if self.token.kind != "end":
             raise self.unexpected()
         if node.kind != "bool":
             raise _syntax(self.expr, 1, "the expression is a number, not a condition (compare it with something)")
         return node
 
-    def logical(self, op: str) -> Any:
-        operand = (lambda: self.logical("AND")) if op == "OR" else self.equality
-        node = operand()
-        while self.token.kind == "op" and self.token.text == op:
+    def binary(self, level: int) -> Node:
+        if level == len(_LEVELS):
+            return self.power()
+        node = self.binary(level + 1)
+        while self.at(*_LEVELS[level]):
             token = self.advance()
-            right = operand()
-            self.expect_kind(node, "bool", token, f"'{_token_text(self.expr, token)}'")
-            self.expect_kind(right, "bool", token, f"'{_token_text(self.expr, token)}'")
-            node = _Logical(op, node, right)
+            right = self.binary(level + 1)
+            op = token.text
+            role = f"'{token.raw}'"
+            if op in ("AND", "OR"):
+                self.need(node, "bool", token, role)
+                self.need(right, "bool", token, role)
+                node = ev.Logical(op, node, right)
+            elif op in ("EQ", "NE", "~"):
+                if node.kind == "bool" and right.kind == "num" and self.at(*_LEVELS[level]):
+                    # eval.y has no 'condition == number' rule, so its LR parser shifts on:
+                    # A > B == C != D is (A > B) == (C != D).
+                    inner = self.advance()
+                    right = self.fold(self.compare(inner, right, self.binary(level + 1)), inner)
+                node = self.compare(token, node, right)
+            else:
+                if op in ("GT", "LT", "GE", "LE") and isinstance(node, ev.Compare):
+                    raise self.error("chained comparison: write 'a < x && x < b', not 'a < x < b'", token)
+                self.need(node, "num", token, role)
+                self.need(right, "num", token, role)
+                node = ev.Compare(op, node, right) if op in ("GT", "LT", "GE", "LE") else ev.Arith(op, node, right)
+            node = self.fold(node, token)
         return node
 
-    def equality(self) -> Any:
-        node = self.relational()
-        while self.token.kind == "op" and self.token.text in ("EQ", "NE"):
+    def compare(self, token: _Token, left: Node, right: Node) -> Node:
+        """An equality-level comparison: == and != of two numbers or two conditions, ~ of two numbers."""
+        if token.text == "~":
+            self.need(left, "num", token, f"'{token.raw}'")
+            self.need(right, "num", token, f"'{token.raw}'")
+        elif left.kind != right.kind:
+            raise self.error(f"'{token.raw}' compares a number with a condition", token)
+        return ev.Compare(token.text, left, right)
+
+    def power(self) -> Node:
+        node = self.prefix()
+        if self.at("POW"):
             token = self.advance()
-            right = self.relational()
-            if node.kind != right.kind:
-                raise self.error(f"'{_token_text(self.expr, token)}' compares a number with a condition", token)
-            node = _Compare(token.text, node, right)
+            right = self.power()  # right-associative
+            self.need(node, "num", token, f"'{token.raw}'")
+            self.need(right, "num", token, f"'{token.raw}'")
+            node = self.fold(ev.Arith("POW", node, right), token)
         return node
 
-    def relational(self) -> Any:
-        node = self.additive()
-        while self.token.kind == "op" and self.token.text in ("GT", "LT", "GE", "LE"):
-            token = self.advance()
-            right = self.additive()
-            if isinstance(node, _Compare):
-                raise self.error("chained comparison: write 'a < x && x < b', not 'a < x < b'", token)
-            self.expect_kind(node, "num", token, f"'{_token_text(self.expr, token)}'")
-            self.expect_kind(right, "num", token, f"'{_token_text(self.expr, token)}'")
-            node = _Compare(token.text, node, right)
-        return node
-
-    def additive(self) -> Any:
-        return self.binary(("+", "-"), self.multiplicative)
-
-    def multiplicative(self) -> Any:
-        return self.binary(("*", "/"), self.unary)
-
-    def binary(self, ops: tuple[str, ...], operand: Callable[[], Any]) -> Any:
-        node = operand()
-        while self.token.kind == "op" and self.token.text in ops:
-            token = self.advance()
-            right = operand()
-            self.expect_kind(node, "num", token, f"'{token.text}'")
-            self.expect_kind(right, "num", token, f"'{token.text}'")
-            node = _Arithmetic(token.text, node, right)
-        return node
-
-    def unary(self) -> Any:
+    def prefix(self) -> Node:
         token = self.token
-        if token.kind == "op" and token.text in ("NOT", "-", "+"):
+        if self.at("NOT", "-", "+") or token.kind == "cast":
             self.advance()
-            operand = self.unary()
-            if token.text == "NOT":
-                self.expect_kind(operand, "bool", token, f"'{_token_text(self.expr, token)}'")
-                return _Not(operand)
-            self.expect_kind(operand, "num", token, f"unary '{token.text}'")
-            return _Negate(operand) if token.text == "-" else operand
+            operand = self.prefix()
+            if token.kind == "cast":
+                node: Node = ev.Cast("long" if token.text[1].lower() == "i" else "double", operand)
+            elif token.text == "NOT":
+                self.need(operand, "bool", token, f"'{token.raw}'")
+                node = ev.Not(operand)
+            else:
+                self.need(operand, "num", token, f"unary '{token.text}'")
+                node = ev.Negate(operand) if token.text == "-" else operand
+            return self.fold(node, token)
         return self.primary()
 
-    def primary(self) -> Any:
+    def primary(self) -> Node:
         token = self.token
-        if token.kind == "number":
+        if token.kind in ("long", "double"):
             self.advance()
-            return _Number(float(token.text))
-        if token.kind == "op" and token.text == "(":
+            if token.kind == "long":
+                if int(token.text) >= 2**63:
+                    raise self.error(f"integer {token.text} does not fit a 64-bit long", token)
+                return ev.Const("long", np.int64(int(token.text)))
+            return ev.Const("double", np.float64(float(token.text)))
+        if token.kind == "logical":
             self.advance()
-            node = self.logical("OR")
-            if not (self.token.kind == "op" and self.token.text == ")"):
+            return ev.Const("bool", np.bool_(token.text in "tT"))
+        if self.at("("):
+            self.advance()
+            node = self.binary(0)
+            if not self.at(")"):
                 raise self.error(f"expected ')' to close the '(' at column {token.pos}, found {_describe(self.token)}")
             self.advance()
             return node
         if token.kind == "name":
             self.advance()
-            if self.token.kind == "op" and self.token.text == "(":
-                return self.call(token)
+            if self.at("("):
+                if self.token.pos == token.pos + len(token.raw):
+                    raise self.error(f"unknown function {token.text!r}", token)
+                raise self.error(f"no space is allowed between the function name {token.text} and '('", token)
             name = token.text.upper()
             self.columns.add(name)
-            return _Column(name)
+            return ev.Column(name)
+        if token.kind == "func":
+            return self.call()
         raise self.unexpected()
 
-    def call(self, name_token: _Token) -> Any:
-        name = name_token.text.upper()
-        if name not in _FUNCTIONS:
-            known = ", ".join(sorted(_FUNCTIONS))
-            raise self.error(f"unknown function {name_token.text!r} (supported: {known})", name_token)
-        self.advance()  # '('
-        args = [self.logical("OR")]
-        while self.token.kind == "op" and self.token.text == ",":
+    def call(self) -> Node:
+        token = self.advance()
+        name = token.text[:-1].upper()
+        if name not in ev.FUNCTIONS:
+            known = ", ".join(sorted(ev.FUNCTIONS))
+            raise self.error(f"unknown or unsupported function {token.text[:-1]!r} (supported: {known})", token)
+        args = [self.binary(0)]
+        while self.at(","):
             self.advance()
-            args.append(self.logical("OR"))
-        if not (self.token.kind == "op" and self.token.text == ")"):
+            args.append(self.binary(0))
+        if not self.at(")"):
             raise self.error(f"expected ')' to close {name}(, found {_describe(self.token)}")
         self.advance()
-        if len(args) != _FUNCTIONS[name]:
-            raise self.error(f"{name} takes {_FUNCTIONS[name]} argument(s), got {len(args)}", name_token)
-        if name == "ISNULL":
-            return _IsNull(args[0])
-        if name == "ABS":
-            self.expect_kind(args[0], "num", name_token, "ABS")
-            return _Abs(args[0])
-        if args[0].kind != args[1].kind:
-            raise self.error("DEFNULL's value and default must both be numbers or both conditions", name_token)
-        return _DefNull(args[0], args[1], args[0].kind)
-
-
-def _token_text(expr: str, token: _Token) -> str:
-    """The operator as the user wrote it (`.and.` or `&&`), for messages."""
-    match = _TOKEN_RE.match(expr, token.pos - 1)
-    return match.group() if match else token.text
+        try:
+            node = ev.make_function(name, args)
+        except ev.ConstantError as exc:
+            raise self.error(str(exc), token) from None
+        return self.fold(node, token)
 
 
 def _describe(token: _Token) -> str:
     if token.kind == "end":
         return "end of expression"
     if token.kind == "op":
-        return f"'{_SYMBOL.get(token.text, token.text)}'"
-    return f"{token.kind} {token.text!r}"
+        return f"'{token.raw}'"
+    kind = {"long": "number", "double": "number", "logical": "logical constant", "func": "function"}.get(token.kind, token.kind)
+    return f"{kind} {token.raw!r}"
+
+
+# ---------------------------------------------------------------------------
+# The parsed expression
+# ---------------------------------------------------------------------------
+
+
+def _column_value(name: str, raw: np.ndarray, extra_null: np.ndarray | None, expr: str) -> Value:
+    """CFITSIO's view of a column given as an array: integers are longs, floats doubles (NaN/inf NULL)."""
+    if raw.ndim != 1:
+        raise DataError(f"filter expression {expr!r}: column {name} is not one value per row")
+    if raw.dtype.kind in "iu" and raw.dtype.itemsize <= 4 or raw.dtype == np.int64:
+        value = Value("long", raw.astype(np.int64), np.zeros(raw.shape, dtype=bool))
+    elif raw.dtype.kind in "fiu":
+        values = raw.astype(np.float64)
+        value = Value("double", values, ~np.isfinite(values))
+    else:
+        kind = "logical" if raw.dtype.kind == "b" else f"{raw.dtype}"
+        raise DataError(f"filter expression {expr!r}: column {name} is not numeric ({kind}); "
+                        "only numeric columns are supported")
+    if extra_null is not None:
+        value = Value(value.kind, value.values, value.null | np.asarray(extra_null, dtype=bool))
+    return value
 
 
 @dataclass(frozen=True)
@@ -397,7 +352,7 @@ class FilterExpr:
 
     text: str
     columns: frozenset[str]
-    root: Any
+    root: Node
 
     def __str__(self) -> str:
         return self.text
@@ -405,11 +360,13 @@ class FilterExpr:
     def evaluate(
         self, table: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray] | None = None
     ) -> np.ndarray:
-        """Per-row selection flags; NULL results are False.
+        """Per-row selection flags as CFITSIO's row filter gives them; NULL results are False.
 
-        `table` maps column names (any case) to 1-D arrays of equal length;
-        float NaN is NULL, and `nulls` (same names) marks further NULLs such as
-        integer TNULL values.
+        `table` maps column names (any case) to 1-D arrays of equal length, in
+        CFITSIO's types: an integer array is a `long` column, a float array a
+        double one (NaN and infinities NULL). `nulls` (same names) marks further
+        NULLs, such as integer TNULL values. `gti.column_for_cfitsio` turns a
+        FITS column into this form.
         """
         by_upper = {str(name).upper(): name for name in table}
         null_by_upper = {str(name).upper(): mask for name, mask in (nulls or {}).items()}
@@ -420,30 +377,20 @@ class FilterExpr:
         if len(lengths) > 1:
             raise DataError(f"filter expression {self.text!r}: table columns have different lengths {sorted(lengths)}")
         n_rows = lengths.pop() if lengths else 1
-        data: dict[str, _Value] = {}
-        for upper in self.columns:
-            raw = np.asarray(table[by_upper[upper]])
-            if raw.ndim != 1:
-                raise DataError(f"filter expression {self.text!r}: column {by_upper[upper]} is not one value per row")
-            try:
-                values = raw.astype(np.float64)
-            except (TypeError, ValueError) as exc:
-                raise DataError(
-                    f"filter expression {self.text!r}: column {by_upper[upper]} is not numeric ({raw.dtype})"
-                ) from exc
-            null = np.isnan(values)
-            if upper in null_by_upper:
-                null = null | np.asarray(null_by_upper[upper], dtype=bool)
-            data[upper] = (values, null)
+        data = {upper: _column_value(str(by_upper[upper]), np.asarray(table[by_upper[upper]]),
+                                     null_by_upper.get(upper), self.text) for upper in self.columns}
         with np.errstate(all="ignore"):
-            value, null = self.root.evaluate(_Columns(data))
-        return np.broadcast_to(np.asarray(value & ~null, dtype=bool), (n_rows,)).copy()
+            result = self.root.evaluate(data)
+        selected = np.asarray(result.values, dtype=bool) & ~np.asarray(result.null, dtype=bool)
+        return np.broadcast_to(selected, (n_rows,)).copy()
 
 
 def parse_filter(expr: str) -> FilterExpr:
-    """Parse a CFITSIO-style screening expression; a UsageError says what is wrong and where."""
+    """Parse a CFITSIO screening expression; a UsageError says what is wrong and where."""
     if not isinstance(expr, str):
-        raise UsageError(f"filter expression must be text, got {type(expr).__name__}")
+        raise UsageError(f"extract.filter must be text, got {type(expr).__name__}")
+    if "\n" in expr or "\r" in expr:
+        raise UsageError(f"bad filter expression {expr!r} (extract.filter): write it on one line")
     parser = _Parser(expr)
     root = parser.parse()
     return FilterExpr(expr, frozenset(parser.columns), root)
