@@ -9,17 +9,25 @@ from __future__ import annotations
 import hashlib
 import heapq
 import io
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from astropy.table import Table
 
+from rxte_hpc.core import manifestcache
 from rxte_hpc.core.errors import DataError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.obsid import MAX_CYCLE, ObsID, check_cycle
+from rxte_hpc.core.paths import RunPaths
+
+if TYPE_CHECKING:
+    from astropy.table import Table
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("index", "obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec", "task")
 #: With several configured targets: the configured target whose cone holds the row (DESIGN.md "Manifest").
@@ -110,6 +118,8 @@ class Manifest:
             [r.dec for r in self.rows],
             [r.task for r in self.rows],
         ]
+        from astropy.table import Table
+
         t = Table([np.array(v, dtype=d) for v, d in zip(values, dtypes)], names=COLUMNS)
         if self.targets:
             t[TARGET_COLUMN] = np.array([r.target for r in self.rows], dtype="U64")
@@ -142,6 +152,19 @@ def read_manifest(path: Path) -> Manifest:
     """
     if not path.is_file():
         raise UsageError(f"{path}: no manifest; run `rxte-hpc plan CONFIG` first")
+    cache = RunPaths(path.parent).manifest_cache if path.name == RunPaths(path.parent).manifest.name else None
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc.strerror or exc})") from None
+    cached = manifestcache.load(cache, st) if cache is not None else None
+    if cached is not None:
+        try:
+            return _build(path, cached["cols"], cached["meta"], trusted=True)
+        except (KeyError, TypeError, ValueError, IndexError, DataError) as exc:
+            log.debug("%s: cached copy ignored (%s)", cache, exc)
+    from astropy.table import Table
+
     try:
         t = Table.read(path, format="ascii.ecsv")
     except Exception as exc:  # astropy's ECSV and YAML readers raise many types on a damaged file
@@ -151,34 +174,52 @@ def read_manifest(path: Path) -> Manifest:
     if missing:
         raise DataError(f"{path}: manifest lacks column {missing[0]!r}")
     try:
-        ints = {c: _typed(t, c, _int) for c in ("index", "cycle", "prnb", "task")}
-        floats = {c: _typed(t, c, _float) for c in ("time_mjd", "exposure_s", "ra", "dec")}
+        cols: dict[str, list[Any]] = {c: _typed(t, c, _int) for c in ("index", "cycle", "prnb", "task")}
+        cols.update({c: _typed(t, c, _float) for c in ("time_mjd", "exposure_s", "ra", "dec")})
     except _BadCell as exc:
         raise DataError(f"{path}: row {exc.row + 1}: {exc.reason}") from None
-    texts = _column(t, "target_name")
-    obsids = _column(t, "obsid")
-    targets = _column(t, TARGET_COLUMN) if TARGET_COLUMN in t.colnames else None
-    rows = []
-    seen: dict[ObsID, int] = {}
-    index, cycle, prnb, task = ints["index"], ints["cycle"], ints["prnb"], ints["task"]
-    time_mjd, exposure, ra, dec = floats["time_mjd"], floats["exposure_s"], floats["ra"], floats["dec"]
+    cols["target_name"] = [_cell_text(v) for v in _column(t, "target_name")]
+    cols["obsid"] = _column(t, "obsid")
+    if TARGET_COLUMN in t.colnames:
+        cols[TARGET_COLUMN] = [_cell_text(v) for v in _column(t, TARGET_COLUMN)]
+    manifest = _build(path, cols, dict(t.meta), trusted=False)
+    if cache is not None:
+        manifestcache.save(cache, st, dict(manifest.meta), {**cols, "obsid": [r.obsid.text for r in manifest.rows]})
+    return manifest
+
+
+def _build(path: Path, cols: Mapping[str, list[Any]], meta: dict[str, Any], trusted: bool) -> Manifest:
+    """Rows from columns; `trusted` columns come from the checked copy of an already validated manifest."""
+    n = len(cols["obsid"])
+    if any(len(cols[c]) != n for c in COLUMNS):
+        raise ValueError("columns of different lengths")
+    obsids, cycle, task = cols["obsid"], cols["cycle"], cols["task"]
+    index, prnb, names = cols["index"], cols["prnb"], cols["target_name"]
+    time_mjd, exposure, ra, dec = cols["time_mjd"], cols["exposure_s"], cols["ra"], cols["dec"]
+    targets = cols.get(TARGET_COLUMN) or [""] * n
     cycles_ok = all(0 <= c <= MAX_CYCLE for c in cycle)
-    for i in range(len(t)):
-        try:
-            obsid = ObsID.parse(obsids[i])
-            if not cycles_ok:
-                check_cycle(cycle[i])
-        except DataError as exc:
-            raise DataError(f"{path}: row {i + 1}: {exc}") from None
-        if obsid in seen:
-            raise DataError(f"{path}: row {i + 1}: ObsID {obsid} is listed twice (first at row {seen[obsid] + 1}); "
+    rows = []
+    seen: dict[str, int] = {}
+    for i in range(n):
+        if trusted:
+            obsid = object.__new__(ObsID)
+            obsid.__dict__["text"] = obsids[i]
+        else:
+            try:
+                obsid = ObsID.parse(obsids[i])
+                if not cycles_ok:
+                    check_cycle(cycle[i])
+            except DataError as exc:
+                raise DataError(f"{path}: row {i + 1}: {exc}") from None
+        text = obsid.text
+        if text in seen:
+            raise DataError(f"{path}: row {i + 1}: ObsID {text} is listed twice (first at row {seen[text] + 1}); "
                             "each ObsID is planned once")
-        seen[obsid] = i
+        seen[text] = i
         if task[i] < 0:
             raise DataError(f"{path}: row {i + 1}: task {task[i]} is negative")
-        rows.append(ManifestRow(index[i], obsid, cycle[i], prnb[i], _cell_text(texts[i]), time_mjd[i], exposure[i],
-                                ra[i], dec[i], task[i], _cell_text(targets[i]) if targets is not None else ""))
-    meta = dict(t.meta)
+        rows.append(ManifestRow(index[i], obsid, cycle[i], prnb[i], names[i], time_mjd[i], exposure[i],
+                                ra[i], dec[i], task[i], targets[i]))
     _check_tasks(path, rows, meta)
     return Manifest(tuple(rows), meta)
 

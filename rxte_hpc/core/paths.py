@@ -49,6 +49,11 @@ class RunPaths:
         return self.root / "manifest.ecsv"
 
     @property
+    def manifest_cache(self) -> Path:
+        """A checked parsed copy of the manifest (core/manifestcache.py)."""
+        return self.root / ".manifest.ecsv.cache"
+
+    @property
     def lc_dir(self) -> Path:
         return self.root / "lc"
 

@@ -127,13 +127,6 @@ def parse_record(data: bytes, expected_obsid: str | None = None) -> tuple[list[A
     return fields, None
 
 
-def _valid_fields(fields: Any, stem: str) -> bool:
-    """A cached field list from the index is re-checked (cheaply) before it is trusted."""
-    if not isinstance(fields, list) or len(fields) != len(_NAMES) or fields[0] != stem:
-        return False
-    return all(_check(n, v) is None for n, v in zip(_NAMES, fields))
-
-
 def _record(fields: list[Any]) -> StatusRecord:
     """A StatusRecord from validated fields, without the dataclass __init__ (100,000 of these per `status`)."""
     rec = object.__new__(StatusRecord)
@@ -185,7 +178,7 @@ def read_records(paths: RunPaths, obsids: Iterable[str]) -> dict[str, StatusReco
 
 def snapshot(paths: RunPaths, use_index: bool = True) -> Snapshot:
     """Every record of the run directory, read through the status index (core/statusindex.py)."""
-    return load_snapshot(paths, parse_record, _valid_fields, use_index=use_index)
+    return load_snapshot(paths, parse_record, use_index=use_index)
 
 
 def effective_state(record: StatusRecord | None, paths: RunPaths, config_hash: str,
@@ -226,9 +219,14 @@ class ObsState(NamedTuple):
     obsid: str
     task: int
     state: str
-    record: StatusRecord | None
+    fields: list[Any] | None  # the record's fields (StatusRecord order), None without a readable record
     target: str = ""
     unreadable: str | None = None  # why the record file was treated as missing
+
+    @property
+    def record(self) -> StatusRecord | None:
+        """The record (made on access: a summary of 100,000 ObsIDs needs few of them)."""
+        return _record(self.fields) if self.fields is not None else None
 
 
 @dataclass(frozen=True)
@@ -244,12 +242,17 @@ class RunSummary:
         snap = snapshot(paths, use_index)
         out = []
         records, bad, lcs = snap.records, snap.unreadable, snap.lc_present
+        i_state, i_hash = _NAMES.index("state"), _NAMES.index("config_hash")
         for row in manifest.rows:
             oid = row.obsid.text
             fields = records.get(oid)
-            rec = _record(fields) if fields is not None else None
-            state = effective_state(rec, paths, config_hash, oid in lcs)
-            out.append(ObsState(oid, row.task, state, rec, row.target, bad.get(oid)))
+            if fields is None:
+                state = MISSING
+            else:  # effective_state() without making the record
+                state = fields[i_state]
+                if state in FINISHED and (fields[i_hash] != config_hash or (state == "done" and oid not in lcs)):
+                    state = MISSING
+            out.append(ObsState(oid, row.task, state, fields, row.target, bad.get(oid)))
         for oid, why in bad.items():
             log.debug("%s: unreadable status record, treated as missing (%s)", oid, why)
         return cls(tuple(out), config_hash, snap.opens)
@@ -259,14 +262,14 @@ class RunSummary:
 
     def per_task(self) -> dict[int, Counter]:
         tasks: dict[int, Counter] = {}
-        for s in self.states:
-            tasks.setdefault(s.task, Counter())[s.state] += 1
-        return dict(sorted(tasks.items()))
+        for (task, state), n in sorted(Counter((s.task, s.state) for s in self.states).items()):
+            tasks.setdefault(task, Counter())[state] = n
+        return tasks
 
     def per_target(self) -> dict[str, Counter]:
         targets: dict[str, Counter] = {}
-        for s in self.states:
-            targets.setdefault(s.target, Counter())[s.state] += 1
+        for (target, state), n in Counter((s.target, s.state) for s in self.states).items():
+            targets.setdefault(target, Counter())[state] = n
         return targets
 
     @property
