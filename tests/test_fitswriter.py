@@ -70,7 +70,8 @@ def test_long_comment_is_trimmed_not_an_error():
 
 def test_table_round_trip_types():
     cols = [Col("A", "D", np.array([1.5, -2.0])), Col("B", "3I", np.array([[1, 2, 3], [4, 5, 6]])),
-            Col("C", "L", np.array([True, False])), Col("D", "4A", np.array(["ab", "cdef"])), Col("E", "J", np.array([7, 8]), tnull=-1)]
+            Col("C", "L", np.array([True, False])), Col("D", "4A", np.array(["ab", "cdef"])),
+            Col("E", "J", np.array([7, 8]), tnull=-1)]
     data = primary_bytes([]) + table_bytes("T", cols, [("OBJECT", "it's", "quoted")])
     with _hdus(data) as hdul:
         hdul.verify("exception")

@@ -4,6 +4,8 @@ a manifest and status records, then merged and compared with the original.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +363,102 @@ def test_plot_envelope_for_huge_inputs(tmp_path):
     exp = ExposurePoints(mjd[::100], np.full(n // 100, 2000.0), np.array(["used", "failed"] * (n // 200)))
     out = plot_lightcurves(tmp_path / "big.png", [series], [], exp, "huge")
     assert out.stat().st_size > 10_000
+
+
+def _obsids_table(path: Path) -> dict[str, dict]:
+    with fits.open(path) as hdul:
+        data = hdul["OBSIDS"].data
+        return {str(r["OBSID"]).strip(): {n: r[n] for n in data.names} for r in data}
+
+
+def test_nan_time_or_flipped_byte_fails_that_obsid_with_exit_1(tmp_path):
+    """Issue 15 item 8: NaN TIMEs and a changed byte are data failures, never merged silently."""
+    lc = _real()
+    chunks = _chunks(lc)[:3]
+    parts = {_obsid(i): [_part(lc, rows)] for i, rows in enumerate(chunks)}
+    cfg, manifest, paths = _make_run(tmp_path, parts)
+    with fits.open(paths.lc(_obsid(1))) as hdul:  # a NaN TIME, the file otherwise sound (checksums updated)
+        hdul[1].data["TIME"][2] = np.nan
+        hdul.writeto(paths.lc(_obsid(1)), overwrite=True, checksum=True)
+    data = bytearray(paths.lc(_obsid(2)).read_bytes())
+    with fits.open(io.BytesIO(bytes(data))) as hdul:
+        rate_data = len(hdul[0].header.tostring()) + len(hdul[1].header.tostring())
+    data[rate_data + 10] ^= 0x01  # inside the first RATE value: still a readable FITS file
+    paths.lc(_obsid(2)).write_bytes(bytes(data))
+    result = run_gather(cfg)
+    assert result.exit_code == 1 and result.n_used == 1 and result.n_failed == 2
+    table = _obsids_table(paths.root / "merged.lc")
+    assert table[_obsid(0)]["STATE"] == "used"
+    assert table[_obsid(1)]["STATE"] == "failed" and "non-finite TIME" in table[_obsid(1)]["ERROR"]
+    assert table[_obsid(2)]["STATE"] == "failed" and "verification failed" in table[_obsid(2)]["ERROR"]
+    assert read_lightcurve(paths.root / "merged.lc").n_rows == len(chunks[0])
+
+
+def test_products_index_lists_what_was_written_and_stale_products_go(tmp_path):
+    lc = _real()
+    chunks = _chunks(lc)[:3]
+    parts = {_obsid(i): [_part(lc, rows)] for i, rows in enumerate(chunks)}
+    cfg, manifest, paths = _make_run(tmp_path, parts, extract={"backend": "native", "chmin": 5, "chmax": 21})
+    run_gather(cfg)
+    index = Table.read(paths.root / "products.ecsv", format="ascii.ecsv")
+    assert list(index["path"]) == ["merged.lc", "merged.png"]
+    assert list(index["kind"]) == ["lightcurve", "plot"] and index["rows"][0] == sum(len(c) for c in chunks)
+    assert index["obsids"][0] == 3 and index.meta["config_hash"] == cfg.hash()
+    # the band changes: two bands now; merged.lc of the old config is removed, the index says what is there
+    two = {o: [_part(lc, rows, name="soft"), _part(lc, rows, name="hard")] for o, rows in zip(parts, chunks)}
+    cfg2, _, _ = _make_run(tmp_path, two, extract={"backend": "native",
+                                                   "bands": {"soft": {"chmin": 5, "chmax": 10}, "hard": [4, 9]}})
+    (paths.root / "merged_old.lc").write_bytes((paths.root / "merged.lc").read_bytes())  # a user's copy
+    result = run_gather(cfg2)
+    assert not (paths.root / "merged.lc").exists()
+    assert "removed stale products of an earlier config: merged.lc" in result.summary
+    assert "merged_old.lc" in result.summary and (paths.root / "merged_old.lc").exists()  # not ours: reported only
+    index = Table.read(paths.root / "products.ecsv", format="ascii.ecsv")
+    assert list(index["path"]) == ["merged_soft.lc", "merged_hard.lc", "merged.png"]
+    assert list(index["band"]) == ["soft", "hard", "all"] and set(index["target"]) == {"SS_CYGNI"}  # OBJECT
+
+
+def test_energy_band_merge_keeps_chmin_chmax_and_the_channels_of_each_epoch(tmp_path):
+    lc = _real()
+    chunks = _chunks(lc)[:3]
+    kws = [{"CHMIN": 5, "CHMAX": 24, "GAINEPOC": 3, "E_MIN": 2.0, "E_MAX": 9.0},
+           {"CHMIN": 5, "CHMAX": 21, "GAINEPOC": 5, "E_MIN": 2.0, "E_MAX": 9.0},
+           {"CHMIN": 5, "CHMAX": 21, "GAINEPOC": 5, "E_MIN": 2.0, "E_MAX": 9.0}]
+    parts = {_obsid(i): [_part(lc, rows, keywords={**lc.keywords, **kw})] for i, (rows, kw) in enumerate(zip(chunks, kws))}
+    cfg, manifest, paths = _make_run(tmp_path, parts, extract={"backend": "native", "energy_kev": [2, 9]})
+    run_gather(cfg)
+    with fits.open(paths.root / "merged.lc") as hdul:
+        for hdr in (hdul[0].header, hdul["RATE"].header):
+            assert (hdr["CHMIN"], hdr["CHMAX"], hdr["E_MIN"], hdr["E_MAX"]) == (5, 24, 2.0, 9.0)
+        rate = hdul["RATE"].header
+        assert rate["CHAN_E3"] == "5-24" and rate["CHAN_E5"] == "5-21"
+        assert (rate["TELESCOP"], rate["INSTRUME"], rate["BACKEND"]) == ("XTE", "PCA", "native")
+        assert rate["PCULIST"] == "ALL" and rate["LAYERS"] == "ALL" and rate["FILTER"] == cfg.extract.filter
+        assert rate["EXPOSURE"] == pytest.approx(16.0 * float(np.sum(lc.fracexp[np.concatenate(chunks)])))
+        assert rate["DATE-OBS"] < rate["DATE-END"]
+    table = _obsids_table(paths.root / "merged.lc")
+    assert [int(table[_obsid(i)]["CHMAX"]) for i in range(3)] == [24, 21, 21]
+    assert table[_obsid(0)]["EXPOSURE"] == pytest.approx(16.0 * float(np.sum(lc.fracexp[chunks[0]])))
+
+
+def test_plot_title_names_target_and_band_and_exposure_panel_draws_exposure(tmp_path, monkeypatch):
+    import rxte_hpc.products.plot as plot
+
+    seen = {}
+
+    def capture(target, bands, ratios, exposures, title=""):
+        seen.update(bands=bands, exposures=exposures, title=title)
+        return target
+
+    monkeypatch.setattr(plot, "plot_lightcurves", capture)
+    lc = _real()
+    chunks = _chunks(lc)[:2]
+    fracexp = np.full(len(chunks[1]), 0.25)
+    parts = {_obsid(0): [_part(lc, chunks[0])], _obsid(1): [_part(lc, chunks[1], fracexp=fracexp)]}
+    cfg, manifest, paths = _make_run(tmp_path, parts, extract={"backend": "native", "energy_kev": [2, 9]})
+    cfg = dataclasses.replace(cfg, target=dataclasses.replace(cfg.target, name="SS Cyg"))
+    run_gather(cfg)
+    assert seen["title"].startswith("SS Cyg, RXTE PCA 2-9 keV (channels 5-21): 2 ObsIDs merged")
+    assert "count/s" in seen["bands"][0].label
+    # EXPOSURE of each ObsID's curve (FRACEXP x TIMEDEL), not the manifest's 16 s x rows
+    np.testing.assert_allclose(seen["exposures"].exposure_s, [16.0 * np.sum(lc.fracexp[chunks[0]]), 4.0 * len(chunks[1])])

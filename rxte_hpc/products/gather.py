@@ -309,7 +309,7 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
                                     len(set(hc.obsid.tolist()))))
     plot = _plot(paths.output(config.gather.plot), merged, ratios, outcomes, bands, target_name)
     if plot is not None:
-        entries.append(ProductEntry(plot.name, "plot", target_name, "", 0, counts["used"]))
+        entries.append(ProductEntry(plot.name, "plot", target_name, "all", 0, counts["used"]))
     stale = clear_stale(paths.root, [*outputs, *([plot] if plot else [])], config.gather.output, config.gather.plot)
     write_index(paths.root, entries, config.hash())
 

@@ -29,7 +29,7 @@ COLUMNS = ("path", "kind", "target", "band", "rows", "obsids")
 
 @dataclass(frozen=True)
 class ProductEntry:
-    """One product file: `path` relative to the run directory; `band` '' for a plot; `rows` 0 for a plot."""
+    """One product file: `path` relative to the run directory; `band` 'all' and `rows` 0 for the plot."""
 
     path: str
     kind: str  # lightcurve | hardness | plot
