@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.fits.lcfile import read_lightcurve
 from rxte_hpc.sim.simulate import simulate_archive
 
@@ -47,13 +48,24 @@ def start_run(cfg: Path) -> subprocess.Popen:
 
 def finished_records(status_dir: Path) -> int:
     n = 0
-    for p in status_dir.rglob("*.json") if status_dir.is_dir() else []:
+    for p in RunPaths(status_dir.parent).status_files():
         try:
             if json.loads(p.read_text())["state"] != "running":
                 n += 1
         except (OSError, ValueError):
             raise AssertionError(f"half-written status record visible: {p}") from None
     return n
+
+
+def running_records(status_dir: Path) -> list[Path]:
+    out = []
+    for p in RunPaths(status_dir.parent).status_files():
+        try:
+            if json.loads(p.read_text())["state"] == "running":
+                out.append(p)
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def assert_nothing_half_written(run_dir: Path) -> None:
@@ -87,7 +99,11 @@ def test_sigkill_then_run_again_gives_the_uninterrupted_result(archive, tmp_path
             time.sleep(0.005)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        time.sleep(0.2)  # let the killed pool's processes go
+        # Its workers (own sessions) get SIGTERM from the kernel and record what they held.
+        deadline = time.monotonic() + 10
+        while running_records(status_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running_records(status_dir), "a worker of the killed run left its ObsID `running`"
         progress_at_kill.append(finished_records(status_dir))
         assert_nothing_half_written(killed / "run")
     print("finished records at each kill:", progress_at_kill)
@@ -96,7 +112,7 @@ def test_sigkill_then_run_again_gives_the_uninterrupted_result(archive, tmp_path
 
     proc = subprocess.run([sys.executable, "-m", "rxte_hpc", "run", str(cfg)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    records = [json.loads(p.read_text()) for p in status_dir.rglob("*.json")]
+    records = [json.loads(p.read_text()) for p in RunPaths(status_dir.parent).status_files()]
     assert len(records) == N_OBS and {r["state"] for r in records} == {"done"}
     ref, got = merged_table(reference / "run"), merged_table(killed / "run")
     assert ref.colnames == got.colnames
