@@ -139,23 +139,54 @@ def test_filter_file_format_and_nulls(archive):
     assert saw_null_attitude
 
 
-def test_stdprod_light_curve_like_the_real_ones(archive):
-    obs = _good(archive)[0]
+REAL_STDPROD = Path(__file__).parent / "data" / "xp5001101_e5_n2a.lc"
+
+
+def _stdprod_facts(header: fits.Header) -> tuple[list[str], list[float]]:
+    """The ROWIDn columns and the fcalc rescaling factors a standard product's header records."""
+    rows = [str(header[k]) for k in header if k.startswith("ROWID")]
+    factors = [float(m.group(1)) for h in header["HISTORY"] for m in [re.search(r"Expression: RATE \* ([0-9.]+)", str(h))] if m]
+    return rows, factors
+
+
+@pytest.mark.parametrize("obs_index", [0, 1, 2])
+def test_stdprod_light_curve_like_the_real_ones(archive, obs_index):
+    """As HEASARC's (tests/data): layer 1 only, DEADAPP = F, rescaled by fcalc RATE * f with f ~ 1/NPCU."""
+    with fits.open(REAL_STDPROD) as hdul:
+        real = hdul[1].header
+        real_rows, real_factors = _stdprod_facts(real)
+    assert real["DEADAPP"] is False and all(r.startswith("X1") for r in real_rows)
+    assert len(real_factors) == 1 and abs(real_factors[0] * (len(real_rows) // 2) - 1) < 0.02
+    obs = _good(archive)[obs_index]
     path = _odir(archive, obs) / "stdprod" / obs.obsid.stdprod_lc_name("a")
-    with fits.open(path) as hdul:
+    with fits.open(path, checksum=True) as hdul:
         hdr = hdul[1].header
         assert hdr["EXTNAME"] == "RATE" and hdr["TIMEDEL"] == 16
         for key in ("TSTARTI", "TSTARTF", "TIMEZERI", "TIMEZERF", "MJDREFI", "MJDREFF"):
             assert key in hdr
+        assert hdr["DEADAPP"] is False and hdr["BACKAPP"] is True and hdr["HDUCLAS2"] == "NET"
+        rows, factors = _stdprod_facts(hdr)
         comments = " ".join(str(c) for c in hdr["COMMENT"])
         assert re.search(r"CHMIN for filtering was\s+5", comments)
         assert re.search(r"CHMAX for filtering was\s+(24|21)", comments)
+    pcus = sorted({int(r[-1]) for r in rows})
+    assert rows == [f"X1{side}SpecPcu{p}" for p in pcus for side in "LR"]
+    assert factors == [pytest.approx(1.0 / len(pcus), rel=1e-12)]
     lc = read_lightcurve(path)
     assert np.all(np.isfinite(lc.rate)) and lc.n_rows > 5
     chmax = 24 if "24" in comments.split("CHMAX")[1] else 21
     mask = np.zeros(129, bool)
     mask[1:chmax - 3] = True  # abs channels 5..chmax are Standard-2 bins 1..chmax-4
-    model = expected_source_rate(lc.time, mask, layers=(1,))
+    # not dead-time corrected: the per-live-PCU model times the live fraction pcadeadcalc2 gives (the _dt files)
+    live = {}
+    for dt in sorted((archive.root / "prepared" / str(obs.obsid)).glob("FS4a_*_dt")):
+        with fits.open(dt) as hdul:
+            t = np.asarray(hdul[1].data["Time"]) + read_timezero(hdul[1].header)
+            frac = np.mean([hdul[1].data[f"LiveTimePcu{p}"] for p in pcus], axis=0) / 16.0
+            live.update(zip(np.round(t, 3), frac))
+    fraction = np.array([live[round(float(t), 3)] for t in lc.time])
+    assert np.all((fraction > 0.5) & (fraction < 1.0))
+    model = expected_source_rate(lc.time, mask, layers=(1,)) * fraction
     pull = (lc.rate.mean() - model.mean()) / (np.sqrt(np.sum(lc.error**2)) / lc.n_rows)
     assert abs(pull) < 5
 

@@ -34,10 +34,8 @@ from rxte_hpc.sim.prepared import (
     expected_live_time, expected_source_rate, expected_spectra, prepare_obsid,
 )
 
-__all__ = [
-    "SimObs", "SimArchive", "simulate_archive", "prepare_obsid", "expected_source_rate",
-    "expected_background_rate", "main_summary",
-]
+__all__ = ["SimObs", "SimArchive", "simulate_archive", "prepare_obsid", "expected_source_rate",
+           "expected_background_rate", "main_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +201,8 @@ def _gz(data: bytes) -> bytes:
 
 
 def _fits_bytes(hdul: fits.HDUList) -> bytes:  # astropy for the few small files lcfile builds
+    for hdu in hdul:  # checksums without astropy's date in their comments: the same seed gives the same bytes
+        hdu.add_checksum(when="HDU checksum")
     buffer = io.BytesIO()
     hdul.writeto(buffer)
     return buffer.getvalue()
@@ -330,32 +330,44 @@ def _filter_file(obs: SimObs, tl: _Timeline) -> bytes:
 
 
 def _stdprod(obs: SimObs, tl: _Timeline, std2_rows: np.ndarray, counts: np.ndarray) -> bytes | None:
-    """`xp<obsid>_n2a.lc.gz`: net 2-9 keV rate per PCU, top layer, filtered rows (as HEASARC's)."""
+    """`xp<obsid>_n2a.lc.gz` as HEASARC made them (the real ones' headers and HISTORY, tests/data): layer 1
+    of the PCUs on throughout (ROWIDn), no dead-time correction (DEADAPP = F), background subtracted, rescaled
+    by `fcalc RATE * f` (about 1/NPCU in the real files, exactly 1/NPCU here): net count/s per PCU, not per live PCU.
+    """
     time_raw = tl.time_raw[std2_rows]
     t_abs = time_raw + TIMEZERO
     chmax = 24 if epoch_of(t_abs[:1])[0] <= 3 else 21
     mask = abs_channel_mask(5, chmax)
     bad = bad_rows(time_raw, tl.pcu_on[std2_rows])
-    live = np.where(bad, 0.0, expected_live_time(t_abs, tl.pcu_on[std2_rows], tl.vle[std2_rows]))
-    c = np.where(bad, 0, counts[:, :, :2][..., mask].sum(axis=(2, 3))).sum(axis=1).astype(float)
-    lsum = live.sum(axis=1)
-    elv, off = tl.elv[std2_rows], tl.offset[std2_rows]
+    pcus = [p for p in range(N_PCU) if not bad[1:-1, p].any()] or [int(np.argmin(bad.sum(axis=0)))]
     with np.errstate(invalid="ignore"):
-        keep = (elv > 4) & (off < 0.1) & (lsum > 0)
+        keep = (tl.elv[std2_rows] > 4) & (tl.offset[std2_rows] < 0.1) & ~bad[:, pcus].any(axis=1)
     if not keep.any():
         return None
-    rate = c[keep] / lsum[keep] - expected_background_rate(t_abs[keep], mask, (1,))
-    error = np.sqrt(c[keep]) / lsum[keep]
+    layer1 = [i for i, anode in enumerate(ANODES) if anode.startswith("X1")]
+    c = counts[keep][:, pcus][:, :, layer1][..., mask].sum(axis=(1, 2, 3)).astype(float)
+    scale = 1.0 / len(pcus)
+    live_fraction = expected_live_time(t_abs[keep], tl.pcu_on[std2_rows][keep], tl.vle[std2_rows][keep])[:, pcus] / TIMEDEL
+    # the background model is per live PCU; the product subtracts it as it was accumulated (dead time not removed)
+    background = expected_background_rate(t_abs[keep], mask, (1,)) * live_fraction.mean(axis=1)
+    rate, error = c / TIMEDEL * scale - background, np.sqrt(c) / TIMEDEL * scale
+    rows = {f"ROWID{2 * i + j + 1}": f"X1{side}SpecPcu{p}" for i, p in enumerate(pcus) for j, side in enumerate("LR")}
     lc = LightCurve(time=t_abs[keep], rate=rate.astype(np.float32), error=error.astype(np.float32),
                     fracexp=np.ones(int(keep.sum()), dtype=np.float32), timedel=TIMEDEL,
-                    keywords={"OBJECT": obs.target_name, "HDUCLAS2": "NET", "BACKAPP": True, "DEADAPP": True,
-                              "MINCHAN": 0, "MAXCHAN": 255, "TELESCOP": "XTE", "INSTRUME": "PCA",
-                              "CPIX": "0~4,5:53,(54~135;2),(136~237;3),(238~249;4),250~255",
-                              "ROWID1": "X1LSpecPcu*", "ROWID2": "X1RSpecPcu*", "CREATOR": "rxte_hpc.sim.simulate"})
+                    keywords={"OBJECT": obs.target_name, "HDUCLAS2": "NET", "BACKAPP": True, "DEADAPP": False,
+                              "VIGNAPP": False, "MINCHAN": 0, "MAXCHAN": 255, "TELESCOP": "XTE", "INSTRUME": "PCA",
+                              "CPIX": "0~4,5:53,(54~135;2),(136~237;3),(238~249;4),250~255", **rows,
+                              "CREATOR": "rxte_hpc.sim.simulate (SAEXTRCT stand-in)"})
     hdul = lightcurve_hdulist([lc], {"OBJECT": obs.target_name, "RA_PNT": obs.ra, "DEC_PNT": obs.dec,
                                      "ORIGIN": "rxte_hpc.sim.simulate", "CREATOR": "rxte_hpc.sim.simulate (standard products)"})
-    hdul[1].header.add_comment(f"CHMIN for filtering was {5:20d}")
-    hdul[1].header.add_comment(f"CHMAX for filtering was {chmax:20d}")
+    header = hdul[1].header
+    for text in (f"CHMIN for filtering was {5:20d}", f"CHMAX for filtering was {chmax:20d}",
+                 "simulated: RATE = layer-1 counts/16 s/NPCU - background, dead time kept"):
+        header.add_comment(text)
+    for column in ("RATE", "ERROR"):
+        for text in ("TASK: fcalc on FILENAME: std2_chanband.lc", f"Resultant column name: {column}",
+                     f"Expression: {column} * {scale:.15f}"):
+            header.add_history(text)
     return _gz(_fits_bytes(hdul))
 
 
@@ -463,8 +475,7 @@ def _write_master(path: Path, observations: tuple[SimObs, ...], seed: int) -> No
     rows.append((TARGET_NAME, cyc, proposal_of(cyc), f"{proposal_of(cyc):05d}-09-00-00", 52000.0, 0.0, TARGET_RA, TARGET_DEC))
     rows.sort(key=lambda r: r[4])
     table = Table(rows=rows, names=["target_name", "cycle", "prnb", "obsid", "time", "exposure", "ra", "dec"])
-    table["time"].unit = "d"
-    table["exposure"].unit = "s"
+    table["time"].unit, table["exposure"].unit = "d", "s"
     table["ra"].unit = table["dec"].unit = "deg"
     table.meta["description"] = "simulated xtemaster rows (time = start MJD)"
     table.write(path, format="ascii.ecsv", overwrite=True)
@@ -481,9 +492,6 @@ def main_summary(archive: SimArchive) -> str:
         f"  exposure {exp.min():.0f}-{exp.max():.0f} s (total {exp.sum() / 1e3:.1f} ks)",
         f"  xtemaster table: {archive.root / 'xtemaster.ecsv'}; prepared products: {archive.root / 'prepared'}",
     ]
-    if archive.broken:
-        lines.append(f"  broken ObsIDs ({len(archive.broken)}):")
-        lines += [f"    {obsid}: {what}" for obsid, what in sorted(archive.broken.items())]
-    else:
-        lines.append("  broken ObsIDs: none")
+    lines.append(f"  broken ObsIDs ({len(archive.broken)}):" if archive.broken else "  broken ObsIDs: none")
+    lines += [f"    {obsid}: {what}" for obsid, what in sorted(archive.broken.items())]
     return "\n".join(lines)
