@@ -5,15 +5,22 @@ is a tiny `$HEADAS` whose `bin/` tasks behave like the real ones where the
 project can trip: PFILES (`<user dirs>;<system dirs>`, user copy read first and
 written back when the task ends), refusing to prompt without a terminal, and
 the Perl tasks' habit of printing `Task <name> <version> terminating with
-status -1` and exiting 0 on failure. Tests only; never imported by rxte_hpc.
+status -1` and exiting 0 on failure. Tests only; never imported by rxte_hpc,
+and never importing it (only bin/pcaprepobsid uses the simulator's model).
 
 Test hooks (environment variables, read by every task):
 
 * RXTE_STANDIN_FAIL=task[,task]   the named task(s) fail on purpose (status -1, exit 0)
-* RXTE_STANDIN_SLEEP=seconds       every task sleeps this long before working
+* RXTE_STANDIN_SLEEP=seconds       every task first waits this long for a child `sleep` it starts
+                                   (a process tree, as a Perl task running ftools is)
+* RXTE_STANDIN_NO_OUTPUT=task[,task] the task reports success but leaves no output (outfile / done file)
 * RXTE_STANDIN_EMPTY_LIST=name     pcaprepobsid leaves list file `name` (e.g. FP_dtstd2.lis) empty
 * RXTE_STANDIN_RACE_S=seconds      pcaprepobsid's fcollect.par write/read-back gap (default 0.3)
-* RXTE_STANDIN_RECORD=dir          each run leaves <dir>/<task>-<pid>-<ns>.json with its parameters
+* RXTE_STANDIN_RECORD=dir          each run leaves <dir>/<task>-<pid>-<ns>.json with its parameters, cwd,
+                                   PFILES, stdin and what its user PFILES directory held when it started
+                                   (heasoftpy writes <task>.par there before each call); bin/fhelp
+                                   leaves <dir>/fhelp-<pid>-<ns>.json; a sleeping task leaves
+                                   <dir>/child-<pid>.pid with its child's pid
 """
 from __future__ import annotations
 
@@ -29,15 +36,6 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 HEADAS_DIR = Path(__file__).resolve().parent.parent
-REPO_ROOT = HEADAS_DIR.parent.parent
-
-
-def ensure_repo_importable() -> None:
-    """The stand-in uses rxte_hpc.sim.simulate/gti as its 'calibration'; make the repo importable."""
-    try:
-        import rxte_hpc  # noqa: F401
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(REPO_ROOT))
 
 
 class TaskError(Exception):
@@ -165,6 +163,8 @@ class Task:
             if "q" in mode and p.name not in self.given:
                 self._cannot_prompt(p)
         self.values = {p.name: self.given.get(p.name, p.value) for p in self.params}
+        self.user_dir_at_start: list[str] = []
+        self.user_par_at_start: dict[str, str] | None = None
         self.task_mode = task_mode
 
     def _cannot_prompt(self, p: Param) -> None:
@@ -216,7 +216,8 @@ class Task:
         if not where:
             return
         data = {"task": self.name, "params": self.values, "given": self.given, "cwd": os.getcwd(),
-                "pfiles": os.environ.get("PFILES")}
+                "pfiles": os.environ.get("PFILES"), "stdin": stdin_name(), "user_dir_at_start": self.user_dir_at_start,
+                "user_par_at_start": self.user_par_at_start}
         path = Path(where) / f"{self.name}-{os.getpid()}-{time.monotonic_ns()}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1))
@@ -226,27 +227,75 @@ def fail_line(name: str, version: str, status: int) -> str:
     return f"Task {name} {version} terminating with status {status}"
 
 
-def main(name: str, version: str, body: Callable[[Task], None]) -> None:
-    """Run a task body the HEASoft way: every failure prints the status line and exits 0."""
+def stdin_name() -> str:
+    """What this process's stdin is (a path such as /dev/null, or pipe:[...] / a tty)."""
     try:
+        return os.readlink("/proc/self/fd/0")
+    except OSError:
+        return "closed"
+
+
+def hooked(variable: str, name: str) -> bool:
+    return name in [t.strip() for t in os.environ.get(variable, "").split(",")]
+
+
+def user_dir_listing(name: str) -> tuple[list[str], dict[str, str] | None]:
+    """What the first user PFILES directory holds now, and the values in its <name>.par if there is one."""
+    user_dirs, _ = pfiles_dirs()
+    if not user_dirs or not user_dirs[0].is_dir():
+        return [], None
+    names = sorted(p.name for p in user_dirs[0].iterdir() if not p.name.startswith("."))
+    own = user_dirs[0] / f"{name}.par"
+    values = {p.name: p.value for p in read_par(own)} if own.is_file() else None
+    return names, values
+
+
+def _sleep_in_child(seconds: float) -> None:
+    """Wait for a child process, so that a timeout must kill a process tree, not just this process."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", f"{seconds:g}"])
+    where = os.environ.get("RXTE_STANDIN_RECORD")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        (Path(where) / f"child-{os.getpid()}.pid").write_text(f"{child.pid}\n")
+    child.wait()
+
+
+def _drop_output(task: Task) -> None:
+    """RXTE_STANDIN_NO_OUTPUT: remove what the task wrote, keeping its successful-looking output text."""
+    if "outfile" in task.values:
+        Path(task.str("outfile")).unlink(missing_ok=True)
+    if "outdir" in task.values:
+        (Path(task.str("outdir")) / "pcaprepobsid_done.txt").unlink(missing_ok=True)
+
+
+def main(name: str, version: str, body: Callable[[Task], None]) -> None:
+    """Run a task body the HEASoft way: a failure prints `ERROR: ...`, then the status line, and exits 0."""
+    try:
+        listing, own_par = user_dir_listing(name)
         delay = float(os.environ.get("RXTE_STANDIN_SLEEP") or 0)
         if delay > 0:
-            time.sleep(delay)
+            _sleep_in_child(delay)
         task = Task(name, version, sys.argv[1:])
+        task.user_dir_at_start, task.user_par_at_start = listing, own_par
         task.record()
-        if name in [t.strip() for t in os.environ.get("RXTE_STANDIN_FAIL", "").split(",")]:
-            raise TaskError(f"{name}: ERROR: failing on purpose (RXTE_STANDIN_FAIL)")
+        if hooked("RXTE_STANDIN_FAIL", name):
+            raise TaskError(f"{name} failing on purpose (RXTE_STANDIN_FAIL)")
         try:
             body(task)
         finally:
             task.save()
+        if hooked("RXTE_STANDIN_NO_OUTPUT", name):
+            _drop_output(task)
     except TaskError as exc:
-        print(f"{name}: ERROR: {exc}", file=sys.stderr)
+        sys.stdout.flush()
+        print(f"ERROR: {exc}", file=sys.stderr)
         print(fail_line(name, version, exc.status), file=sys.stderr)
         sys.exit(0)
     except Exception as exc:  # the Perl tasks catch everything the same way
         traceback.print_exc()
-        print(f"{name}: ERROR: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"ERROR: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(fail_line(name, version, -1), file=sys.stderr)
         sys.exit(0)
     sys.stdout.flush()
