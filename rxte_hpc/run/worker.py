@@ -46,6 +46,10 @@ def one_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+#: Bytes a `running` record occupies (padded with blanks, which JSON ignores): room for the final record.
+RECORD_RESERVE = 4096
+
+
 class _ToolLog:
     """The per-ObsID tool log: advisory, so a failing disk makes it incomplete, never fails the ObsID.
 
@@ -190,7 +194,10 @@ class TaskRunner:
             return existing
         started = _now()
         t0 = time.monotonic()
-        wrote_running = self._write(self._record(row, "running", started)) is None
+        cannot = self._write(self._record(row, "running", started))
+        if cannot is not None:  # not even a small record fits: extracting would be wasted
+            raise RunDirFailure(f"{obsid}: cannot record that it started: {cannot}")
+        wrote_running = True
         try:
             record = self._extract(row, started, t0)
         except Interrupted as stop:
@@ -299,7 +306,12 @@ class TaskRunner:
     def _write(self, record: StatusRecord) -> str | None:
         """Publish a record; None on success, else why not (said in the task log)."""
         try:
-            write_record(self.paths, record)
+            if record.state == "running":
+                # Advisory (no fsync), and padded: its blocks are the room a final record needs on a full disk.
+                write_atomic(self.paths.status(record.obsid), record.to_json().encode().ljust(RECORD_RESERVE),
+                             durable=False)
+            else:
+                write_record(self.paths, record)
         except SiteError as exc:
             self._say(f"{record.obsid}: cannot write its {record.state} record ({exc})")
             return str(exc)
@@ -308,21 +320,38 @@ class TaskRunner:
     def _write_final(self, record: StatusRecord, wrote_running: bool) -> str | None:
         """Publish a final record, never leaving our `running` one behind.
 
-        On a full disk the running record is removed first (which frees its
-        space) and the final one tried again; if that fails too the ObsID is
-        at worst `missing`, which `rerun` redoes, never a stale `running`.
+        When the disk is full the final record is written over the running one
+        in place, into the blocks the running record reserved (see `_write`);
+        failing that, the running record is removed, so the ObsID is at worst
+        `missing` (which `rerun` redoes), never a stale `running`.
         """
         problem = self._write(record)
         if problem is None or not wrote_running:
             return problem
+        path = self.paths.status(record.obsid)
+        data = record.to_json().encode()
+        if len(data) <= RECORD_RESERVE:
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, data.ljust(RECORD_RESERVE), 0)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                # Readers cache a shard while its folder's mtime and its files' inodes stay the same
+                # (statusindex): an in-place write changes neither, so move the folder's mtime.
+                os.utime(path.parent)
+                self._say(f"{record.obsid}: {record.state} record written in place of its running one")
+                return None
+            except OSError as exc:
+                self._say(f"{record.obsid}: cannot write its record in place ({describe_os_error(exc, 'write')})")
         try:
-            self.paths.status(record.obsid).unlink()
+            path.unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:  # read-only now: nothing more can be done here; the executor reports it
             self._say(f"{record.obsid}: cannot remove its running record ({describe_os_error(exc, 'remove')})")
-            return problem
-        return self._write(record)
+        return problem
 
     def _count(self, state: str) -> None:
         self.counts[state] = self.counts.get(state, 0) + 1
