@@ -4,18 +4,17 @@ The stand-in keeps what makes HEASoft hard to run in parallel (PFILES read and
 written back, fcollect's `fname` read-back, exit 0 with "terminating with
 status -1", no prompting without a terminal), so these tests show the
 extractor's isolation and failure checks working, not just its happy path.
+The tests that differ by `extract.runner` run under both runners (heasoftpy
+from ../shared/vendor, installed by scripts/test-all.sh, and exec);
+test_heasoft_runners.py has what is runner-specific, test_heasoft_standin.py
+the stand-in itself.
 """
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import io
-import json
 import os
 import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,36 +23,19 @@ import yaml
 from astropy.io import fits
 from astropy.table import Table
 
-from rxte_hpc.archive.local import LocalArchive
-from rxte_hpc.core.config import config_from_mapping, load_config
+import heasoftpy  # noqa: F401  (installed from ../shared/vendor by scripts/test-all.sh: never skipped)
+from heasoftkit import ETACAR, STANDIN, FILTER, broken, extractor, good, obs_window, own_filter_file, par_values
+from heasoftkit import records, user_pfiles, workspace
+from rxte_hpc.core.config import load_config
 from rxte_hpc.core.errors import DataError, NoDataError, UsageError
-from rxte_hpc.extract.base import ExtractContext
-from rxte_hpc.extract.heasoft import HeasoftExtractor
-from rxte_hpc.extract.tools import ToolRun
 from rxte_hpc.core.manifest import ManifestRow, build_manifest, Observation
 from rxte_hpc.core.obsid import ObsID
 from rxte_hpc.core.paths import RunPaths
-from rxte_hpc.core.scratch import Workspace
+from rxte_hpc.extract.heasoft import HeasoftExtractor
+from rxte_hpc.extract.tools import ToolRun
 from rxte_hpc.sim.simulate import SimArchive, simulate_archive
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "tests" / "heasoft_standin"
-ETACAR = REPO / "configs" / "etacar.yaml"
-FILTER = "(ELV > 4) && (OFFSET < 0.1)"
-
-
-def _standin_module():
-    """The stand-in's PFILES module, for reading the .par files it wrote (it is not a package)."""
-    name = "rxte_heasoft_standin"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, STANDIN / "lib" / "standin.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-standin = _standin_module()
+RUNNERS = ["heasoftpy", "exec"]
 
 
 @pytest.fixture(scope="session")
@@ -61,82 +43,52 @@ def archive(tmp_path_factory) -> SimArchive:
     return simulate_archive(tmp_path_factory.mktemp("heasoft-archive"), n_obs=8, seed=7, with_broken=True)
 
 
-def _rows(archive: SimArchive) -> list[ManifestRow]:
-    return [
-        ManifestRow(i, o.obsid, o.cycle, o.prnb, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec, 0)
-        for i, o in enumerate(archive.observations)
-    ]
+def _extractor(archive: SimArchive, tmp: Path, extract: dict | None = None, env: dict | None = None,
+               run_dir: Path | None = None, runner: str | None = None, **kw) -> HeasoftExtractor:
+    extract = dict(extract or {})
+    if runner is not None:
+        extract["runner"] = runner
+    return extractor(archive.root, tmp, extract, env, run_dir, **kw)
 
 
 def _good(archive: SimArchive) -> list[ManifestRow]:
-    return [r for r in _rows(archive) if r.obsid.text not in archive.broken]
+    return good(archive)
 
 
 def _broken(archive: SimArchive, kind: str) -> ManifestRow:
-    from rxte_hpc.sim.simulate import BROKEN_KINDS
-
-    return next(r for r in _rows(archive) if archive.broken.get(r.obsid.text) == BROKEN_KINDS[kind])
+    return broken(archive, kind)
 
 
-def _extractor(archive: SimArchive, tmp: Path, extract: dict | None = None, env: dict | None = None,
-               run_dir: Path | None = None) -> HeasoftExtractor:
-    raw = {
-        "run_dir": str(run_dir or tmp / "run"),
-        "target": {"name": "eta car", "ra": 161.2647, "dec": -59.6844},
-        "archive": {"root": str(archive.root)},
-        "extract": {"backend": "heasoft", "chmin": 5, "chmax": 10, "filter": FILTER, **(extract or {})},
-    }
-    config = config_from_mapping(raw, tmp / "test.yaml")
-    context = ExtractContext(config, RunPaths(config.run_dir), LocalArchive(archive.root))
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("RXTE_STANDIN")}
-    environ.update({"HEADAS": str(STANDIN), **(env or {})})
-    return HeasoftExtractor(context, environ=environ)
-
-
-def _workspace(base: Path, pfiles: Path | None = None) -> Workspace:
-    ws = Workspace(root=base, pfiles=pfiles or base / "pfiles", work=base / "w")
-    ws.pfiles.mkdir(parents=True, exist_ok=True)
-    ws.work.mkdir(parents=True, exist_ok=True)
-    return ws
-
-
-def _params(pfiles: Path, task: str) -> dict[str, str]:
-    return {p.name: p.value for p in standin.read_par(pfiles / f"{task}.par")}
-
-
-def _true_filter(archive: SimArchive, row: ManifestRow) -> np.ndarray:
-    """The ObsID's own filter-file rows (what pcaprepobsid must leave as FP_*.xfl)."""
-    path = archive.root / str(row.obsid.archive_dir(row.cycle)) / "stdprod" / row.obsid.filter_file_name()
-    with fits.open(io.BytesIO(gzip.decompress(path.read_bytes()))) as hdul:
-        return np.asarray(hdul["XTE_MKF"].data["Time"])
-
-
-def _obs_window(archive: SimArchive, row: ManifestRow) -> tuple[float, float]:
-    with fits.open(archive.root / str(row.obsid.archive_dir(row.cycle)) / "FMI") as hdul:
-        data = hdul["XTE_MI"].data
-        return float(data["StartMET"][0]), float(data["StopMET"][0])
+def _only_pfiles(ws) -> Path:
+    """The one per-ObsID user PFILES directory the last extraction left in the workspace."""
+    dirs = [p for p in ws.pfiles.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
 
 
 # ---------------------------------------------------------------------------- parameters
 
 
-def test_seed_parameters_reach_every_task_exactly(archive, tmp_path):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_seed_parameters_reach_every_task_exactly(archive, tmp_path, runner):
     row = _good(archive)[0]
-    ws = _workspace(tmp_path / "s")
+    ws = workspace(tmp_path / "s")
     log = io.StringIO()
-    records = tmp_path / "records"
-    curves = _extractor(archive, tmp_path, env={"RXTE_STANDIN_RECORD": str(records)}).extract(row, ws, log)
-    ran = sorted(json.loads(p.read_text())["task"] for p in records.glob("*.json"))
-    assert ran == ["maketime", "pcaextlc2", "pcaprepobsid"]
-    assert all(json.loads(p.read_text())["cwd"] == str(ws.work) for p in records.glob("*.json"))
-    assert all(json.loads(p.read_text())["pfiles"].startswith(f"{ws.pfiles};") for p in records.glob("*.json"))
+    where = tmp_path / "records"
+    curves = _extractor(archive, tmp_path, env={"RXTE_STANDIN_RECORD": str(where)}, runner=runner).extract(row, ws, log)
+    ran = records(where)
+    assert sorted(r["task"] for r in ran) == ["maketime", "pcaextlc2", "pcaprepobsid"]
+    assert all(r["cwd"] == str(ws.work) and r["stdin"] == "/dev/null" for r in ran)
+    pfiles = _only_pfiles(ws)
+    assert pfiles.parent == ws.pfiles and pfiles.name == row.obsid.text.replace("-", "_")
+    assert all(user_pfiles(r) == str(pfiles) for r in ran)
 
-    prep = _params(ws.pfiles, "pcaprepobsid")
+    prep = par_values(pfiles, "pcaprepobsid")
     assert prep["indir"] == str(archive.root / str(row.obsid.archive_dir(row.cycle)))
     assert prep["outdir"] == "prep"
     assert float(prep["ra"]) == 161.2647 and float(prep["dec"]) == -59.6844
 
-    mk = _params(ws.pfiles, "maketime")
+    mk = par_values(pfiles, "maketime")
     xfl = sorted((ws.work / "prep").glob("FP_*.xfl"))
     assert mk["infile"] == f"prep/{xfl[0].name}"
     assert mk["outfile"] == "gti.fits"
@@ -144,7 +96,7 @@ def test_seed_parameters_reach_every_task_exactly(archive, tmp_path):
     assert (mk["name"], mk["value"], mk["time"]) == ("NAME", "VALUE", "TIME")
     assert (mk["compact"], mk["clobber"]) == ("no", "yes")
 
-    lc = _params(ws.pfiles, "pcaextlc2")
+    lc = par_values(pfiles, "pcaextlc2")
     assert lc["src_infile"] == "@prep/FP_dtstd2.lis" and lc["bkg_infile"] == "@prep/FP_dtbkg2.lis"
     assert lc["outfile"] == "RATE.lc" and lc["gtiandfile"] == "gti.fits"
     assert (lc["pculist"], lc["layerlist"], float(lc["binsz"])) == ("ALL", "ALL", 16.0)
@@ -156,7 +108,7 @@ def test_seed_parameters_reach_every_task_exactly(archive, tmp_path):
     assert len(curves) == 1 and curves[0].name == "RATE" and curves[0].n_rows > 0
     assert curves[0].keywords["CHMIN"][0] == 5 and curves[0].keywords["CHMAX"][0] == 10
     assert curves[0].timedel == 16.0
-    start, stop = _obs_window(archive, row)
+    start, stop = obs_window(archive.root, row)
     assert start <= curves[0].time.min() and curves[0].time.max() < stop + 16
 
 
@@ -164,7 +116,7 @@ def test_rate_matches_the_simulated_truth(archive, tmp_path):
     """Channels 5-24 net rate per live PCU, as the simulation injected it (independent arithmetic)."""
     truth = {str(r["obsid"]): float(r["mean_net_rate"]) for r in Table.read(archive.root / "sim_truth.ecsv")}
     row = _good(archive)[1]
-    lc = _extractor(archive, tmp_path, {"chmax": 24}).extract(row, _workspace(tmp_path / "s"), io.StringIO())[0]
+    lc = _extractor(archive, tmp_path, {"chmax": 24}).extract(row, workspace(tmp_path / "s"), io.StringIO())[0]
     assert np.nanmean(lc.rate) == pytest.approx(truth[row.obsid.text], rel=0.05)
     assert set(lc.columns) >= {"BACKV", "BACKE", "LiveTime"}
     assert np.all(lc.fracexp <= 1.0)
@@ -174,47 +126,50 @@ def test_energy_bands_become_channels_per_gain_epoch(archive, tmp_path):
     from rxte_hpc.extract.std2 import gain_epoch, energy_to_channels
 
     row = _good(archive)[2]
-    ws = _workspace(tmp_path / "s")
-    extractor = _extractor(archive, tmp_path, {"chmin": None, "chmax": None, "bands": {"soft": [2, 4], "hard": [4, 9]}})
-    curves = extractor.extract(row, ws, io.StringIO())
+    ws = workspace(tmp_path / "s")
+    ex = _extractor(archive, tmp_path, {"chmin": None, "chmax": None, "bands": {"soft": [2, 4], "hard": [4, 9]}})
+    curves = ex.extract(row, ws, io.StringIO())
     assert [c.name for c in curves] == ["soft", "hard"]
     with fits.open(sorted((ws.work / "prep").glob("FS4a_*_dt"))[0]) as hdul:
         met = hdul[1].header["TSTART"] + hdul[1].header["TIMEZERO"]
     lo, hi = energy_to_channels(4, 9, gain_epoch(met))
     assert (curves[1].keywords["CHMIN"][0], curves[1].keywords["CHMAX"][0]) == (lo, hi)
     assert (curves[1].keywords["E_MIN"][0], curves[1].keywords["E_MAX"][0]) == (4.0, 9.0)
-    assert _params(ws.pfiles, "pcaextlc2")["outfile"] == "hard.lc"
+    assert par_values(_only_pfiles(ws), "pcaextlc2")["outfile"] == "hard.lc"
 
 
-# ---------------------------------------------------------------------------- parallel PFILES
+# ---------------------------------------------------------------------------- parallel PFILES (threads, exec)
 
 
-def _run_concurrently(archive, tmp: Path, shared_pfiles: bool) -> dict[str, object]:
-    """Eight ObsIDs at once in threads; returns ObsID -> light curve or the exception."""
-    extractor = _extractor(archive, tmp, env={"RXTE_STANDIN_RACE_S": "1.5"})
+def _run_concurrently(archive, tmp: Path, shared_pfiles: bool) -> dict[str, tuple]:
+    """Eight ObsIDs at once in threads of this process (exec runner: heasoftpy refuses threads)."""
+    ex = _extractor(archive, tmp, env={"RXTE_STANDIN_RACE_S": "1.5"}, runner="exec",
+                    shared_pfiles=tmp / "shared-pfiles" if shared_pfiles else None)
     rows = _good(archive)
     assert len(rows) == 8
-    shared = tmp / "shared-pfiles"
+    results: dict[str, tuple] = {}
 
-    def one(row: ManifestRow):
-        ws = _workspace(tmp / row.obsid.text, shared if shared_pfiles else None)
+    def one(row: ManifestRow) -> None:
+        ws = workspace(tmp / row.obsid.text)
         try:
-            return row, ws, extractor.extract(row, ws, io.StringIO())[0]
+            results[row.obsid.text] = (row, ws, ex.extract(row, ws, io.StringIO())[0])
         except (DataError, NoDataError) as exc:
-            return row, ws, exc
+            results[row.obsid.text] = (row, ws, exc)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return {row.obsid.text: (row, ws, result) for row, ws, result in pool.map(one, rows)}
+    threads = [threading.Thread(target=one, args=(row,)) for row in rows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def _is_right(archive, row, ws, result) -> bool:
     if isinstance(result, Exception):
         return False
-    xfl = sorted((ws.work / "prep").glob("FP_*.xfl"))
-    with fits.open(xfl[0]) as hdul:
-        own_filter = np.array_equal(np.asarray(hdul["XTE_MKF"].data["Time"]), _true_filter(archive, row))
-    start, stop = _obs_window(archive, row)
-    return own_filter and result.n_rows > 0 and start <= result.time.min() and result.time.max() < stop + 16
+    start, stop = obs_window(archive.root, row)
+    return (own_filter_file(archive.root, row, ws.work) and result.n_rows > 0 and start <= result.time.min()
+            and result.time.max() < stop + 16)
 
 
 @pytest.mark.slow
@@ -237,10 +192,25 @@ def test_private_pfiles_keep_concurrent_obsids_apart(archive, tmp_path):
 # ---------------------------------------------------------------------------- failures
 
 
-def test_status_minus_one_with_exit_zero_is_a_failure(archive, tmp_path):
-    extractor = _extractor(archive, tmp_path, env={"RXTE_STANDIN_FAIL": "pcaextlc2"})
-    with pytest.raises(DataError, match=r"pcaextlc2 failed: .*Task pcaextlc2 2\.2 terminating with status -1"):
-        extractor.extract(_good(archive)[0], _workspace(tmp_path / "s"), io.StringIO())
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("task", ["pcaprepobsid", "maketime", "pcaextlc2"])
+def test_status_minus_one_with_exit_zero_is_a_failure(archive, tmp_path, runner, task):
+    version = {"pcaprepobsid": "1.3", "maketime": "2.2a", "pcaextlc2": "2.2"}[task]
+    ex = _extractor(archive, tmp_path, env={"RXTE_STANDIN_FAIL": task}, runner=runner)
+    log = io.StringIO()
+    with pytest.raises(DataError, match=rf"^{task} failed: ERROR: .*on purpose.*; Task {task} {version} "
+                                        r"terminating with status -1$"):
+        ex.extract(_good(archive)[0], workspace(tmp_path / "s"), log)
+    assert f"# {task}: exit status 0" in log.getvalue()  # the exit status alone would have said success
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("task, missing", [("pcaprepobsid", "pcaprepobsid_done.txt"), ("maketime", "gti.fits"),
+                                           ("pcaextlc2", "RATE.lc")])
+def test_success_without_the_expected_output_is_a_failure(archive, tmp_path, runner, task, missing):
+    ex = _extractor(archive, tmp_path, env={"RXTE_STANDIN_NO_OUTPUT": task}, runner=runner)
+    with pytest.raises(DataError, match=rf"^{task} reported success but did not write {missing}$"):
+        ex.extract(_good(archive)[0], workspace(tmp_path / "s"), io.StringIO())
 
 
 def test_tool_run_failure_rules():
@@ -251,10 +221,11 @@ def test_tool_run_failure_rules():
     assert ToolRun("t", (), 3, "Segmentation fault\n").failure() == "exit status 3"
 
 
-def test_empty_list_file_is_a_failure(archive, tmp_path):
-    extractor = _extractor(archive, tmp_path, env={"RXTE_STANDIN_EMPTY_LIST": "FP_dtstd2.lis"})
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_empty_list_file_is_a_failure(archive, tmp_path, runner):
+    extractor = _extractor(archive, tmp_path, env={"RXTE_STANDIN_EMPTY_LIST": "FP_dtstd2.lis"}, runner=runner)
     with pytest.raises(DataError, match="empty FP_dtstd2.lis"):
-        extractor.extract(_good(archive)[0], _workspace(tmp_path / "s"), io.StringIO())
+        extractor.extract(_good(archive)[0], workspace(tmp_path / "s"), io.StringIO())
 
 
 def _kept_copy(archive, row: ManifestRow, prepared: Path) -> Path:
@@ -270,7 +241,7 @@ def test_missing_list_file_is_a_failure(archive, tmp_path):
     (kept / "FP_dtbkg2.lis").unlink()
     extractor = _extractor(archive, tmp_path, {"keep_prepared": True, "prepared": str(tmp_path / "prepared")})
     with pytest.raises(DataError, match="left no FP_dtbkg2.lis"):
-        extractor.extract(row, _workspace(tmp_path / "s"), io.StringIO())
+        extractor.extract(row, workspace(tmp_path / "s"), io.StringIO())
 
 
 def test_swapped_filter_file_gives_an_empty_light_curve_and_fails(archive, tmp_path):
@@ -282,21 +253,23 @@ def test_swapped_filter_file_gives_an_empty_light_curve_and_fails(archive, tmp_p
     extractor = _extractor(archive, tmp_path, {"keep_prepared": True, "prepared": str(tmp_path / "prepared")})
     log = io.StringIO()
     with pytest.raises(DataError, match="empty light curve"):
-        extractor.extract(row, _workspace(tmp_path / "s"), log)
+        extractor.extract(row, workspace(tmp_path / "s"), log)
     assert "pcaprepobsid skipped" in log.getvalue()
 
 
 def test_empty_gti_is_no_data(archive, tmp_path):
     with pytest.raises(NoDataError, match=r"every filter row fails .*ELV > 4"):
-        _extractor(archive, tmp_path).extract(_broken(archive, "filtered_out"), _workspace(tmp_path / "s"), io.StringIO())
+        _extractor(archive, tmp_path).extract(_broken(archive, "filtered_out"), workspace(tmp_path / "s"), io.StringIO())
 
 
-def test_no_standard2_is_no_data_and_corrupt_is_failed(archive, tmp_path):
-    extractor = _extractor(archive, tmp_path)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_no_standard2_is_no_data_and_corrupt_is_failed(archive, tmp_path, runner):
+    extractor = _extractor(archive, tmp_path, runner=runner)
     with pytest.raises(NoDataError, match="no Standard-2"):
-        extractor.extract(_broken(archive, "no_std2"), _workspace(tmp_path / "a"), io.StringIO())
-    with pytest.raises(DataError, match="pcaprepobsid failed: .*terminating with status -1"):
-        extractor.extract(_broken(archive, "corrupt"), _workspace(tmp_path / "b"), io.StringIO())
+        extractor.extract(_broken(archive, "no_std2"), workspace(tmp_path / "a"), io.StringIO())
+    with pytest.raises(DataError, match="^pcaprepobsid failed: ERROR: .*; Task pcaprepobsid 1.3 terminating with status -1$"):
+        extractor.extract(_broken(archive, "corrupt"), workspace(tmp_path / "b"), io.StringIO())
+    assert not (tmp_path / "b" / "w" / "prep" / "pcaprepobsid_done.txt").exists()
 
 
 # ---------------------------------------------------------------------------- availability
@@ -330,82 +303,16 @@ def test_keep_prepared_copies_once_then_reuses(archive, tmp_path):
     unfinished = tmp_path / "run" / "prepared" / row.obsid.text
     unfinished.mkdir(parents=True)
     (unfinished / "FP_dtstd2.lis").write_text("")  # left by an interrupted run: no done file, never used
-    first = extractor.extract(row, _workspace(tmp_path / "a"), io.StringIO())[0]
+    first = extractor.extract(row, workspace(tmp_path / "a"), io.StringIO())[0]
     kept = tmp_path / "run" / "prepared" / row.obsid.text
     assert (kept / "pcaprepobsid_done.txt").is_file()
     entries = (kept / "FP_dtstd2.lis").read_text().split()
     assert entries and all(Path(e).is_absolute() and Path(e).is_file() for e in entries)
     assert not [p for p in kept.parent.iterdir() if p.name.startswith(".")]
     log = io.StringIO()
-    second = extractor.extract(row, _workspace(tmp_path / "b"), log)[0]
+    second = extractor.extract(row, workspace(tmp_path / "b"), log)[0]
     assert "bin/pcaprepobsid" not in log.getvalue()
     np.testing.assert_array_equal(first.rate, second.rate)
-
-
-# ---------------------------------------------------------------------------- the stand-in itself
-
-
-def _standin_env(pfiles: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RXTE_STANDIN", "HEADAS"))}
-    env.update(HEADAS=str(STANDIN), PFILES=f"{pfiles};{STANDIN / 'syspfiles'}", **extra)
-    return env
-
-
-def _standin_run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(STANDIN / "bin" / args[0]), *args[1:]], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
-
-
-def test_standin_refuses_to_prompt_and_maketime_clobber_defaults_to_no(archive, tmp_path):
-    pf = tmp_path / "pf"
-    pf.mkdir()
-    xfl = next((archive.root / "prepared" / _good(archive)[0].obsid.text).glob("FP_*.xfl"))
-    env = _standin_env(pf, HEADASPROMPT="/dev/null")
-    res = _standin_run(["maketime", f"infile={xfl}", "outfile=g.fits"], env, tmp_path)
-    assert res.returncode == 0
-    assert "Unable to get parameter 'expr'" in res.stdout
-    assert "Task maketime 2.2a terminating with status -1" in res.stdout
-    args = ["maketime", f"infile={xfl}", "outfile=g.fits", f"expr={FILTER}", "name=NAME", "value=VALUE",
-            "time=TIME", "compact=no"]
-    assert "terminating" not in _standin_run(args, env, tmp_path).stdout
-    again = _standin_run(args, env, tmp_path)
-    assert again.returncode == 0 and "already exists" in again.stdout and "terminating with status 105" in again.stdout
-    assert "terminating" not in _standin_run([*args, "clobber=yes"], env, tmp_path).stdout
-
-
-def test_standin_pcaextlc2_refuses_long_column_list_paths(archive, tmp_path):
-    row = _good(archive)[0]
-    pf = tmp_path / "pf"
-    pf.mkdir()
-    prepared = archive.root / "prepared" / row.obsid.text
-    deep = tmp_path / ("d" * 120)
-    deep.mkdir()
-    args = ["pcaextlc2", f"src_infile=@{prepared}/FP_dtstd2.lis", f"bkg_infile=@{prepared}/FP_dtbkg2.lis",
-            f"outfile={deep}/RATE.lc", "gtiandfile=-", "pculist=ALL", "layerlist=ALL", "binsz=16"]
-    res = _standin_run(args, _standin_env(pf), tmp_path)
-    assert res.returncode == 0 and "COLUMNS parameter may be too long" in res.stdout
-    assert "Task pcaextlc2 2.2 terminating with status -1" in res.stdout
-    ok = _standin_run([*args[:3], "outfile=RATE.lc", *args[4:]], _standin_env(pf), deep)
-    assert "terminating" not in ok.stdout, ok.stdout
-    assert (deep / "RATE.lc").is_file()
-    assert not (deep / "RATE.lc_cols.lis").exists()
-    with fits.open(deep / "RATE.lc") as hdul:
-        h = hdul["RATE"].header
-        assert (h["TIMEZERI"], h["TIMEZERF"], h["TIMEPIXR"], h["DEADAPP"], h["BACKAPP"]) == (0, 0.0, 0.0, True, True)
-        assert "TSTARTI" in h and "TSTART" not in h and hdul[2].name == "GTI"
-
-
-def test_standin_reads_user_copy_and_falls_back_without_pfiles(tmp_path):
-    home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if k not in ("PFILES",)}
-    env["HOME"] = str(home)
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import standin; "
-        "u, s = standin.pfiles_dirs(); print(u[0], s[0])"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(STANDIN / "lib")], env=env, stdout=subprocess.PIPE,
-                         text=True, check=True).stdout.split()
-    assert out == [str(home / "pfiles"), str(STANDIN / "syspfiles")]
 
 
 # ---------------------------------------------------------------------------- through the worker / CLI
@@ -468,9 +375,9 @@ def test_standin_and_native_extractor_agree(archive, tmp_path):
     from rxte_hpc.extract.native import NativeExtractor
 
     row = _good(archive)[4]
-    heasoft = _extractor(archive, tmp_path).extract(row, _workspace(tmp_path / "h"), io.StringIO())[0]
+    heasoft = _extractor(archive, tmp_path).extract(row, workspace(tmp_path / "h"), io.StringIO())[0]
     native_ex = _extractor(archive, tmp_path, {"backend": "native", "prepared": str(archive.root / "prepared")})
-    native = NativeExtractor(native_ex.context).extract(row, _workspace(tmp_path / "n"), io.StringIO())[0]
+    native = NativeExtractor(native_ex.context).extract(row, workspace(tmp_path / "n"), io.StringIO())[0]
     np.testing.assert_allclose(heasoft.time, native.time, rtol=0, atol=1e-6)
     for name in ("rate", "error", "fracexp"):
         np.testing.assert_allclose(getattr(heasoft, name), getattr(native, name), rtol=2e-6, equal_nan=True)
@@ -484,17 +391,6 @@ def test_run_pcaprepobsid_helper_publishes_products_for_native(archive, tmp_path
     row = _good(archive)[6]
     extractor = _extractor(archive, tmp_path)
     target = tmp_path / "prepared" / row.obsid.text
-    run_pcaprepobsid(extractor.context, row, target, _workspace(tmp_path / "s"), io.StringIO())
+    run_pcaprepobsid(extractor.context, row, target, workspace(tmp_path / "s"), io.StringIO())
     assert (target / "pcaprepobsid_done.txt").is_file() and len(list(target.glob("FP_*.xfl"))) == 1
     assert all(Path(e).parent == target for e in (target / "FP_dtbkg2.lis").read_text().split())
-
-
-def test_a_hung_task_is_killed_and_is_a_site_error(tmp_path):
-    from rxte_hpc.core.errors import SiteError
-    from rxte_hpc.extract.tools import run_tool
-
-    ws = _workspace(tmp_path / "s")
-    env = _standin_env(ws.pfiles, RXTE_STANDIN_SLEEP="30")
-    log = io.StringIO()
-    with pytest.raises(SiteError, match="maketime did not finish within 1 s"):
-        run_tool("maketime", [("infile", "x")], headas=STANDIN, env=env, cwd=ws.work, tool_log=log, timeout=1.0)

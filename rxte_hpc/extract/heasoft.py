@@ -1,12 +1,15 @@
 """The seed's HEASoft chain, unchanged in science, made safe to run many times at once.
 
 Per ObsID: `pcaprepobsid` (once), `maketime` with the filter expression
-(once), then one `pcaextlc2` per band (RXTE-PCA.md Q2-Q4). Every call is a
-subprocess with an explicit environment from `scratch.heasoft_env` (private
-PFILES, no prompting), stdin from /dev/null, every parameter as its own argv
-item (never a shell), and the short scratch working directory as cwd with
-relative file names, so long run-directory paths never reach the tools
-("COLUMNS parameter may be too long", LESSONS.md).
+(once), then one `pcaextlc2` per band (RXTE-PCA.md Q2-Q4). Each ObsID gets a
+fresh, empty user PFILES directory (`Workspace.obsid_pfiles`), so nothing a
+task learns on one ObsID reaches the next. The tasks are called through
+heasoftpy or as executables (`extract.runner`, see `hsp_runner`); either way
+every call is a subprocess with the ObsID's environment from
+`scratch.heasoft_env` (its PFILES, no prompting), stdin from /dev/null, every
+parameter as its own argv item (never a shell), and the short scratch working
+directory as cwd with relative file names, so long run-directory paths never
+reach the tools ("COLUMNS parameter may be too long", LESSONS.md).
 
 HEASoft's Perl tasks exit 0 when they fail and only print `Task <name> <ver>
 terminating with status -1` (RXTE-PCA.md Q8), so success here means: exit
@@ -41,6 +44,7 @@ from rxte_hpc.extract.prepare import (
     listed_files,
     pcaprepobsid,
 )
+from rxte_hpc.extract.hsp_runner import resolve_runner, task_calls
 from rxte_hpc.extract.tools import TaskCaller, find_headas
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,7 @@ class HeasoftExtractor(Extractor):
 
         self.headas()
         ex = self.context.config.extract
+        resolve_runner(ex.runner)
         parse_pculist(ex.pculist)
         parse_layerlist(ex.layerlist)
         parse_filter(ex.filter)
@@ -105,9 +110,17 @@ class HeasoftExtractor(Extractor):
         config = self.context.config
         work = workspace.work
         work.mkdir(parents=True, exist_ok=True)
-        env = heasoft_env(workspace, headas, base=self._environ)
-        run = TaskCaller(headas, env, work, tool_log)
+        env = heasoft_env(self._pfiles(row, workspace), headas, base=self._environ)
+        with task_calls(config.extract.runner, headas, env, work, tool_log) as run:
+            return self._chain(row, run)
 
+    def _pfiles(self, row: ManifestRow, workspace: Workspace) -> Path:
+        """The ObsID's own, new user PFILES directory (a test overrides this to share one and see the swap)."""
+        return workspace.obsid_pfiles(row.obsid.text)
+
+    def _chain(self, row: ManifestRow, run: TaskCaller) -> list[LightCurve]:
+        config = self.context.config
+        work = run.cwd
         prep = self._prepare(row, run)
         xfl = sorted(prep.glob("FP_*.xfl"))
         if len(xfl) != 1:
@@ -170,6 +183,7 @@ class HeasoftExtractor(Extractor):
         """pcaextlc2's chmin/chmax for a band (INDEF for an open side) and header keywords saying so."""
         from rxte_hpc.extract.std2 import parse_pculist, resolve_band
 
+        keywords: dict[str, tuple[object, str]]
         if band.energy_kev is None:
             chmin = "INDEF" if band.chmin is None else str(band.chmin)
             chmax = "INDEF" if band.chmax is None else str(band.chmax)

@@ -19,6 +19,7 @@ from rxte_hpc.core.errors import DataError, NoDataError
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.scratch import Workspace, heasoft_env
 from rxte_hpc.extract.base import ExtractContext
+from rxte_hpc.extract.hsp_runner import task_calls
 from rxte_hpc.extract.tools import TaskCaller, find_headas
 
 #: Names pcaprepobsid writes into its output directory.
@@ -53,16 +54,18 @@ def prepare_into(
 ) -> Path:
     """Prepare one ObsID into `directory` (for the native backend), exactly as the heasoft backend runs it.
 
-    pcaprepobsid runs in the workspace (private PFILES, short cwd) and the
-    products are then published to `directory` atomically, list entries made
-    absolute. HEADAS comes from `environ` (default: this process's environment).
+    pcaprepobsid runs in the workspace (the ObsID's own new PFILES directory,
+    short cwd, `extract.runner`) and the products are then published to
+    `directory` atomically, list entries made absolute. HEADAS comes from
+    `environ` (default: this process's environment).
     """
     env_base = dict(os.environ if environ is None else environ)
     headas = find_headas(env_base)
     work = workspace.work
     work.mkdir(parents=True, exist_ok=True)
-    call = TaskCaller(headas, heasoft_env(workspace, headas, base=env_base), work, tool_log)
-    prep = pcaprepobsid(context, row, call)
+    env = heasoft_env(workspace.obsid_pfiles(row.obsid.text), headas, base=env_base)
+    with task_calls(context.config.extract.runner, headas, env, work, tool_log) as call:
+        prep = pcaprepobsid(context, row, call)
     keep_prepared(prep, Path(directory), tool_log)
     if not (Path(directory) / DONE_FILE).is_file():
         raise DataError(f"pcaprepobsid left no {DONE_FILE} in {directory}")

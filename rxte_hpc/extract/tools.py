@@ -3,7 +3,11 @@
 HEASoft's Perl tasks exit 0 when they fail and only print `Task <name> <ver>
 terminating with status -1` (RXTE-PCA.md Q8), so success here means: exit
 status 0, no such line with a non-zero status, and the expected outputs exist.
-Every task call of the heasoft and native backends goes through `TaskCaller`.
+Every task call of the heasoft and native backends goes through `TaskCaller`
+(the `exec` runner) or its heasoftpy subclass in `hsp_runner` (the `heasoftpy`
+runner), so both runners share these checks, the timeout that kills a task's
+whole process tree, and the check of parameter names against the task's
+`.par` file (heasoftpy silently drops a keyword its task does not have).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import re
 import signal
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence, TextIO
 
@@ -24,6 +29,13 @@ log = logging.getLogger(__name__)
 TASKS = ("pcaprepobsid", "maketime", "pcaextlc2")
 #: Seconds one task may take before it counts as hung (a site problem, retried by `rerun`).
 TIMEOUTS_S = {"pcaprepobsid": 3600.0, "maketime": 600.0, "pcaextlc2": 1800.0}
+#: Every parameter this project passes to each task; each must be in the task's .par (checked before any task).
+TASK_PARAMS = {
+    "pcaprepobsid": ("indir", "outdir", "ra", "dec"),
+    "maketime": ("infile", "outfile", "expr", "name", "value", "time", "compact", "clobber"),
+    "pcaextlc2": ("src_infile", "bkg_infile", "outfile", "gtiandfile", "pculist", "layerlist", "binsz",
+                  "chmin", "chmax", "clobber"),
+}
 _STATUS_RE = re.compile(r"terminating with status\s+(-?\d+)", re.IGNORECASE)
 _ERROR_RE = re.compile(r"error|unable|cannot|could not|failed", re.IGNORECASE)
 
@@ -69,16 +81,13 @@ def run_tool(
 ) -> ToolRun:
     """Run one HEASoft task as `$HEADAS/bin/<task> par=value ...` and return what happened.
 
-    heasoftpy is deliberately not used even where it imports: its HSPTask reads
-    PFILES from, and writes HEADASNOQUERY/HEADASPROMPT into, the process-wide
-    os.environ, and its local_pfiles_context swaps os.environ too (RXTE-PCA.md
-    Q8), so under threads one ObsID's call can run with another's PFILES. Its
-    task call would also end in the same executable, whose exit status is just
-    as unreliable. The plain executable with an explicit env is the one route;
-    every caller shares the checks in `ToolRun.failure`.
-
+    The one place a task process starts, for both runners (the heasoftpy
+    runner's task objects end here too, from their `exec_task`): the explicit
+    environment `env` (the ObsID's PFILES, no prompting), stdin from /dev/null,
+    `cwd` as working directory, every parameter its own argv item (no shell).
     The task gets its own session so that on a timeout or a signal the whole
     process tree (Perl task, ftools it started) is killed, not only the top.
+    Success is judged by the caller (`ToolRun.failure`, expected outputs).
     """
     argv = [str(Path(headas) / "bin" / task), *(_param(k, v) for k, v in params)]
     tool_log.write(f"$ {' '.join(argv)}\n")
@@ -124,8 +133,47 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         pass
 
 
+def par_names(par_file: Path) -> tuple[str, ...]:
+    """The parameter names of a HEASoft .par file (first field of each non-comment line)."""
+    return _par_names(str(par_file))
+
+
+@lru_cache(maxsize=32)
+def _par_names(par_file: str) -> tuple[str, ...]:
+    try:
+        text = Path(par_file).read_text(errors="replace")
+    except OSError as exc:
+        raise UsageError(f"cannot read HEASoft parameter file {par_file} ({exc.strerror or exc})") from exc
+    names = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "," in line:
+            names.append(line.split(",", 1)[0].strip())
+    return tuple(names)
+
+
+def unknown_params(headas: Path, task: str, names: Sequence[str]) -> list[str]:
+    """Which of `names` the task's $HEADAS/syspfiles/<task>.par does not have (case-insensitive, like PIL)."""
+    known = {n.lower() for n in par_names(Path(headas) / "syspfiles" / f"{task}.par")}
+    return [n for n in names if n.lower() not in known]
+
+
+def check_par_names(headas: Path) -> None:
+    """Every parameter this project passes exists in its task's .par; UsageError naming task and names if not."""
+    for task, names in TASK_PARAMS.items():
+        par = Path(headas) / "syspfiles" / f"{task}.par"
+        if not par.is_file():
+            raise UsageError(f"extract.backend heasoft: HEADAS={headas} has no syspfiles/{task}.par")
+        missing = unknown_params(headas, task, names)
+        if missing:
+            raise UsageError(
+                f"extract.backend heasoft: {par} has no parameter {', '.join(missing)}, which this project passes "
+                f"to {task} (a HEASoft too old or too new for it?)"
+            )
+
+
 def find_headas(environ: Mapping[str, str]) -> Path:
-    """$HEADAS with the three tasks in bin/; UsageError naming what is missing."""
+    """$HEADAS with the three tasks in bin/ and their .par files naming every parameter passed; UsageError if not."""
     value = environ.get("HEADAS", "").strip()
     if not value:
         raise UsageError(
@@ -142,6 +190,7 @@ def find_headas(environ: Mapping[str, str]) -> Path:
         )
     if not (headas / "syspfiles").is_dir():
         raise UsageError(f"extract.backend heasoft: HEADAS={value} has no syspfiles/ directory of parameter files")
+    check_par_names(headas)
     return headas
 
 
@@ -150,16 +199,32 @@ class TaskCaller:
     """Runs tasks for one ObsID with one env and cwd, and turns failures into DataError.
 
     The one way the heasoft and native backends call a task, so both get the
-    same checks (exit status, status line, expected outputs).
+    same checks (parameter names, exit status, status line, expected outputs).
+    This class is the `exec` runner; `hsp_runner.HspCaller` overrides `run`
+    to go through heasoftpy's task objects. `timeouts` overrides TIMEOUTS_S.
     """
 
     headas: Path
     env: Mapping[str, str]
     cwd: Path
     log: TextIO
+    timeouts: Mapping[str, float] | None = None
+
+    runner = "exec"
+
+    def timeout(self, task: str) -> float | None:
+        return None if self.timeouts is None else self.timeouts.get(task)
+
+    def run(self, task: str, params: Sequence[tuple[str, object]]) -> ToolRun:
+        """Start the task and wait for it (timeout, process-tree kill): the runner-specific part."""
+        return run_tool(task, params, headas=self.headas, env=self.env, cwd=self.cwd, tool_log=self.log,
+                        timeout=self.timeout(task))
 
     def __call__(self, task: str, params: Sequence[tuple[str, object]], expect: Sequence[Path]) -> ToolRun:
-        result = run_tool(task, params, headas=self.headas, env=self.env, cwd=self.cwd, tool_log=self.log)
+        unknown = unknown_params(self.headas, task, [name for name, _ in params])
+        if unknown:
+            raise UsageError(f"{task}: no parameter {', '.join(unknown)} in $HEADAS/syspfiles/{task}.par")
+        result = self.run(task, params)
         why = result.failure()
         if why is not None:
             raise DataError(f"{task} failed: {why}")
