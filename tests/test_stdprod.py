@@ -55,10 +55,18 @@ def test_real_products_pass_through_exactly(run):
         assert (lc.ref.mjdrefi, lc.ref.mjdreff) == (header["MJDREFI"], header["MJDREFF"])
         assert lc.keywords["CHMIN"] == 5 and lc.keywords["CHMAX"] == 21
         assert lc.keywords["E_MIN"] == 2.0 and lc.keywords["E_MAX"] == 9.0
+        # labelled as what they are: the product's own ROWIDn, DEADAPP and fcalc HISTORY, read here with astropy
+        rowids = [str(header[k]) for k in header if k.startswith("ROWID")]
+        assert lc.keywords["PCULIST"] == ",".join(sorted({r[-1] for r in rowids})) and lc.keywords["LAYERS"] == "1"
+        assert header["DEADAPP"] is False and lc.keywords["DEADAPP"] is False
+        assert lc.keywords["RATEUNIT"] == "net count/s per PCU, dead time not corrected"
+        assert any(f"RATE * {lc.keywords['RATESCAL']!r}"[:20] in str(h) for h in header["HISTORY"])
     # an ObsID without the product is no_data, not a failure
     rec = json.loads(RunPaths(run_dir).status("50011-01-02-00").read_text())
     assert rec["state"] == "no_data" and "xp500110102" in rec["error"]
     merged = read_lightcurve(run_dir / "merged.lc")
+    assert merged.keywords["PCULIST"] == "varies per ObsID" and merged.keywords["LAYERS"] == "1"
+    assert merged.keywords["BACKEND"] == "stdprod" and "FILTER" not in merged.keywords  # HEASARC screened, not us
     assert merged.n_rows == sum(len(expected(n)[0]) for _, n in REAL.values())
     assert np.all(np.diff(merged.time) >= 0)
 

@@ -34,6 +34,8 @@ RXTE_MJDREFF = 6.965740740000e-04
 SECONDS_PER_DAY = 86400.0
 
 _CHANNEL_COMMENT = re.compile(r"\b(CHMIN|CHMAX) for filtering was\s+(\d+)")
+#: HEASARC's standard products record their rescaling as fcalc HISTORY ("Expression: RATE * 0.3354...").
+_RESCALE_HISTORY = re.compile(r"Expression:\s*RATE\s*\*\s*([0-9.]+(?:[eE][-+]?\d+)?)\s*$")
 
 #: Keywords that describe time and are rewritten, never copied, when a file is written.
 _TIME_KEYWORDS = frozenset(
@@ -305,6 +307,10 @@ def _lightcurve_from_hdu(hdu: fits.BinTableHDU, gti: np.ndarray | None, where: s
         match = _CHANNEL_COMMENT.search(str(comment))
         if match:
             keywords.setdefault(match.group(1), int(match.group(2)))
+    for history in hdr.get("HISTORY", []):
+        match = _RESCALE_HISTORY.search(str(history))
+        if match:
+            keywords.setdefault("RATESCAL", (float(match.group(1)), "RATE was multiplied by this (HISTORY fcalc)"))
     return LightCurve(
         time=time,
         rate=rate,

@@ -51,6 +51,8 @@ CARRIED_KEYWORDS = (
     "TELESCOP", "INSTRUME", "OBJECT", "HDUCLAS2", "BACKAPP", "DEADAPP", "VIGNAPP", "CLOCKAPP",
     "TIMEREF", "TASSIGN", "MINCHAN", "MAXCHAN", "E_MIN", "E_MAX", "PCULIST", "LAYERS", "RATEUNIT", "STDBAND",
 )
+#: Carried keywords whose disagreement is said ("varies per ObsID") rather than dropped silently.
+_SAY_VARIES = ("PCULIST", "LAYERS", "RATEUNIT")
 #: Gain-epoch keyword names the extractors use.
 _EPOCH_KEYS = ("GAINEPOC", "GAINEPO")
 #: Two bins closer than TIMEDEL minus this (s) share time; float noise at ~3e8 s is ~1e-7 s.
@@ -161,7 +163,9 @@ class CurveAccumulator:
         if self.keywords is None:
             self.keywords = carried
         else:
-            self.keywords = {k: v for k, v in self.keywords.items() if carried.get(k) == v}
+            varied = {k: ("varies per ObsID", "differs between the merged ObsIDs") for k in _SAY_VARIES
+                      if k in self.keywords and carried.get(k) != self.keywords[k]}
+            self.keywords = {**{k: v for k, v in self.keywords.items() if carried.get(k) == v}, **varied}
 
     def finish(self, name: str = "RATE") -> MergedCurve:
         if not self.obsids or self.ref is None:
