@@ -13,6 +13,16 @@ fi
 "$VENV/bin/python" -m pip install -q -e '.[test,mpi]'
 export PATH="$PWD/$VENV/bin:$PATH"   # mpiexec from the mpich wheel, rxte-hpc, pytest
 
+# heasoftpy, the user's HEASoft interface, is on no registry: HEASARC's v1.5 source sits in
+# ../shared/vendor (licence and provenance in its README). It builds its task wrappers from
+# $HEADAS, so HEADAS is the stand-in HEASoft tree. If it cannot be checked or built, set -e fails
+# the run here; the heasoft tests import it unguarded, so they fail rather than skip without it.
+SHARED=${RXTE_HPC_SHARED:-../shared}
+(cd "$SHARED" && sha256sum --check --quiet vendor/SHA256SUMS)
+HEADAS="$PWD/tests/heasoft_standin" "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall \
+  "$SHARED/vendor/heasoftpy-1.5.tar.gz"
+"$VENV/bin/python" -c "import heasoftpy; print('test-all: heasoftpy', heasoftpy.__version__)"
+
 # HEASARC's fitsverify checks every FITS file a run writes (tests/test_fitsverify.py); Debian package.
 if ! command -v fitsverify >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
