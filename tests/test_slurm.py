@@ -332,7 +332,8 @@ def test_live_chunked_arrays_then_gather(slurm_cluster, sim_archive, tmp_path, c
         states = job_states(j["job_id"])
         assert len(states) == len(j["tasks"]) and all(s == ("COMPLETED", "0:0") for s in states.values()), states
         for index, task in enumerate(j["tasks"]):
-            log = run / "slurm" / "logs" / f"{j['job_id']}_{index}.out"
+            log = Path(j["logs"]) / f"{j['job_id']}_{index}.out"
+            assert Path(j["logs"]).parent == RunPaths(run).slurm_logs_dir
             assert f"task{task:05d}: end: 2 done" in log.read_text()
     assert job_states(gather[0]["job_id"])[gather[0]["job_id"]] == ("COMPLETED", "0:0")
     records = {row.obsid.text: read_record(RunPaths(run), row.obsid.text) for row in manifest.rows}
@@ -472,3 +473,123 @@ def test_concurrent_submissions_are_all_recorded(tmp_path):
         assert p.exitcode == 0
     ids = sorted(int(s["job_id"]) for s in read_jobs(RunPaths(tmp_path)))
     assert ids == sorted(100 * k + i for k in range(6) for i in range(10))
+
+
+# ------------------------------------------------------------------ scale (pure, then live)
+
+
+def test_10000_tasks_with_max_array_size_1001_submit_as_capped_chunks(tmp_path, monkeypatch, capsys):
+    from rxte_hpc.run.slurm import submit as submit_mod
+
+    cfg = config_from_mapping(
+        {"run_dir": str(tmp_path / "run"), "slurm": {"setup": [], "throttle": 50}}, tmp_path / "c.yaml"
+    )
+    monkeypatch.setattr(submit_mod, "query_max_array_size",
+                        lambda: submit_mod._LIMITS.update(MaxJobCount=10000) or 1001)
+    from rxte_hpc.core.manifest import Observation, build_manifest
+    from rxte_hpc.core.obsid import ObsID
+
+    obs = [Observation(ObsID(f"{10000 + i // 100:05d}-01-{i % 100:02d}-00"), 1, exposure_s=1.0) for i in range(10_000)]
+    monkeypatch.setattr(submit_mod, "_manifest_for_submit", lambda config, dry_run: build_manifest(obs, 1, {}))
+    assert submit_mod.submit(cfg, dry_run=True) == 0
+    out = capsys.readouterr().out
+    calls = [line for line in out.splitlines() if line.startswith("sbatch --parsable --array=")]
+    assert len(calls) == 10
+    covered = []
+    for line in calls:
+        spec = re.search(r"--array=(\S+)%50 ", line).group(1)
+        offset = int(re.search(r"RXTE_HPC_TASK_OFFSET=(\d+)", line).group(1))
+        lo, hi = (int(x) for x in spec.split("-"))
+        assert hi < 1001 and hi - lo + 1 <= 1000  # MaxArraySize caps the index; the log folder <= 1,000 files
+        logs = re.search(r"--output=(\S+)/%A_%a\.out", line).group(1)
+        assert Path(logs).parent == RunPaths(cfg.run_dir).slurm_logs_dir
+        covered += [offset + i for i in range(lo, hi + 1)]
+    assert sorted(covered) == list(range(10_000))  # every task exactly once
+    assert len({re.search(r"--output=(\S+)", line).group(1) for line in calls}) == 10  # one log folder per array
+    assert "throttle 50 applies per array: up to 500 elements of 10 arrays may run at once" in out
+    assert "MaxJobCount is 10000" in out and "MaxSubmitJobs" in out
+
+
+def test_sparse_rerun_chunks_across_many_arrays_are_capped():
+    from rxte_hpc.run.slurm.submit import cap_chunks
+
+    tasks = list(range(0, 10_000, 3)) + [9_999]
+    chunks = cap_chunks(sparse_chunks(tasks, 1001))
+    assert sorted(t for c in chunks for t in c.tasks) == sorted(set(tasks))
+    assert all(max(c.indices) < 1001 and len(c.indices) <= 1000 for c in chunks)
+    dense = cap_chunks(sparse_chunks(range(2002), 1001))
+    assert [len(c.indices) for c in dense] == [1000, 1, 1000, 1] and {c.offset for c in dense} == {0, 1001}
+
+
+def test_scheduler_report_names_stale_running_and_elements_without_records(tmp_path, monkeypatch):
+    from rxte_hpc.core.manifest import Observation, build_manifest
+    from rxte_hpc.core.obsid import ObsID
+    from rxte_hpc.core.status import StatusRecord, write_record
+    from rxte_hpc.core.statusreport import StatusReport, format_status
+    from rxte_hpc.run.slurm import queue
+    from rxte_hpc.run.slurm.submit import Submission, record_submission
+
+    cfg = config_from_mapping({"run_dir": str(tmp_path / "run"), "slurm": {"setup": []}}, tmp_path / "c.yaml")
+    paths = RunPaths(cfg.run_dir)
+    obs = [Observation(ObsID(f"10000-01-{i:02d}-00"), 1, exposure_s=1.0) for i in range(6)]
+    manifest = build_manifest(obs, 2, {})  # 3 tasks
+    logs = paths.slurm_array_logs("array-x-000")
+    logs.mkdir(parents=True)
+    record_submission(paths, Submission("array", "700", "s", ("sbatch",), "now", "0-2", 0, (0, 1, 2), logs=str(logs)))
+    rows = {t: manifest.rows_for_task(t) for t in range(3)}
+    for row in rows[0]:  # task 0: one ObsID left `running` by a worker that died; element 700_0 has ended
+        write_record(paths, StatusRecord(row.obsid.text, 0, "running", "stdprod", cfg.hash(), "t0", None, None,
+                                         "node1", slurm_job="700_0"))
+    for row in rows[2]:  # task 2 still running in the queue: its running records are not stale
+        write_record(paths, StatusRecord(row.obsid.text, 2, "running", "stdprod", cfg.hash(), "t0", None, None,
+                                         "node1", slurm_job="700_2"))
+    (logs / "700_1.out").write_text("start\nline 2\n/bin/bash: module: command not found\n")
+    monkeypatch.setattr(queue, "_squeue", lambda ids: [("700_2", "RUNNING")])
+    summary = RunSummary.collect(manifest, paths, cfg.hash())
+    info = queue.scheduler_report(cfg, summary)
+    assert sorted(info["stale_running"]) == sorted(r.obsid.text for r in rows[0])
+    (ended,) = info["ended_without_records"]
+    assert ended["task"] == 1 and ended["element"] == "700_1" and ended["missing"] == 2
+    assert ended["tail"][-1] == "/bin/bash: module: command not found"
+    text = format_status(StatusReport.build(summary, paths.root, manifest.n_tasks, scheduler=info))
+    assert "2 stale 'running' record(s)" in text and "module: command not found" in text
+    # a pending element that never started has no log: said so, not a traceback
+    (logs / "700_1.out").unlink()
+    assert "never started" in queue.scheduler_report(cfg, summary)["ended_without_records"][0]["tail"][0]
+
+
+@pytest.mark.slurm
+def test_live_sparse_rerun_across_arrays_and_failed_setup_shows_log_tail(slurm_cluster, sim_archive, tmp_path, capsys):
+    from rxte_hpc.core.statusreport import StatusReport, format_status
+    from rxte_hpc.run.slurm.queue import scheduler_report
+
+    # 24 ObsIDs one per task: 24 tasks = 5 arrays at MaxArraySize 5; a setup line fails in every element
+    cfg_path = write_config(tmp_path, sim_archive, tasks={"obs_per_task": 1},
+                            slurm={"setup": ["echo 'setup: no such module' >&2; false"]})
+    assert main(["submit", str(cfg_path)]) == 0
+    run = tmp_path / "run"
+    wait_jobs(run_ids(run, ("array", "gather")))
+    cfg = load_config(cfg_path)
+    manifest = read_manifest(RunPaths(run).manifest)
+    summary = RunSummary.collect(manifest, RunPaths(run), cfg.hash())
+    assert summary.counts()["missing"] == 24
+    info = scheduler_report(cfg, summary)
+    assert len(info["ended_without_records"]) == 24
+    assert any("setup: no such module" in line for line in info["ended_without_records"][0]["tail"])
+    assert "setup: no such module" in format_status(StatusReport.build(summary, run, manifest.n_tasks, scheduler=info))
+
+    # a fixed config: rerun of sparse tasks lands in 3 of the 5 arrays' index ranges
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["slurm"]["setup"] = []
+    cfg_path.write_text(yaml.safe_dump(raw))
+    for task in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 19, 20, 21, 23):
+        assert main(["work", str(cfg_path), "--task", str(task)]) == 0
+    capsys.readouterr()
+    assert main(["rerun", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert "rerun 3 task(s): 12, 18, 22" in out and "as 3 array(s)" in out
+    reruns = [j for j in read_jobs(RunPaths(run)) if j["kind"] == "rerun"]
+    assert sorted((j["offset"], j["array"]) for j in reruns) == [(10, "2"), (15, "3"), (20, "2")]
+    wait_jobs(run_ids(run, ("rerun", "rerun-gather")))
+    assert RunSummary.collect(manifest, RunPaths(run), cfg.hash()).complete
+    assert (run / "merged.lc").is_file()

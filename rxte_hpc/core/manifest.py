@@ -105,7 +105,7 @@ class Manifest:
         return self.to_table()
 
     def to_table(self) -> Table:
-        dtypes = (np.int64, "U15", np.int64, np.int64, "U64", np.float64, np.float64, np.float64, np.float64, np.int64)
+        dtypes: tuple[Any, ...] = (np.int64, "U15", np.int64, np.int64, "U64", np.float64, np.float64, np.float64, np.float64, np.int64)
         values = [
             [r.index for r in self.rows],
             [r.obsid.text for r in self.rows],

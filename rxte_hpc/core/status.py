@@ -121,7 +121,7 @@ def parse_record(data: bytes, expected_obsid: str | None = None) -> tuple[list[A
         why = _check(name, value)
         if why:
             return None, why
-        fields.append(list(value) if name == "bands" else value)
+        fields.append(list(value or ()) if name == "bands" else value)
     if expected_obsid is not None and fields[0] != expected_obsid:
         return None, f"its obsid field names another ObsID ({str(fields[0])[:40]!r})"
     return fields, None

@@ -125,7 +125,8 @@ def format_scheduler(scheduler: Mapping[str, Any]) -> list[str]:
     lines = [f"  scheduler: {scheduler.get('summary', '')}"]
     stale = list(scheduler.get("stale_running") or ())
     if stale:
-        shown = ", ".join(str(s) for s in stale[:EXAMPLES]) + (f" ... (+{len(stale) - EXAMPLES})" if len(stale) > EXAMPLES else "")
+        shown = ", ".join(str(s) for s in stale[:EXAMPLES])
+        shown += f" ... (+{len(stale) - EXAMPLES})" if len(stale) > EXAMPLES else ""
         lines.append(f"  {len(stale)} stale 'running' record(s): their Slurm job has ended "
                      f"(the worker died; `rerun` resubmits them): {shown}")
     for e in list(scheduler.get("ended_without_records") or ())[:EXAMPLES]:

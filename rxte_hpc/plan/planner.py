@@ -140,8 +140,8 @@ def _fmi_info(obsid_dir: Path) -> tuple[float, float, str]:
             hdu = hdus["XTE_MI"] if "XTE_MI" in hdus else hdus[1]
             names = {n.lower(): n for n in hdu.columns.names}
             row = hdu.data[0]
-            start = absolute_times(float(row[names["startmet"]]), hdu.header)
-            stop = absolute_times(float(row[names["stopmet"]]), hdu.header)
+            met = np.array([row[names["startmet"]], row[names["stopmet"]]], dtype=float)
+            start, stop = (float(t) for t in absolute_times(met, hdu.header))
             time_mjd = float(read_time_ref(hdu.header).mjd(start))
             target = next((_text(row[names[c]]) for c in _FMI_NAME_COLUMNS if c in names), "")
             target = target or _text(hdu.header.get("OBJECT")) or _text(hdus[0].header.get("OBJECT"))
@@ -241,7 +241,8 @@ def _source(config: Config) -> tuple[list[Observation], dict[str, Any], str]:
         obs = observations_from_table(result.table, f"TAP {result.service}", DataError)
         return obs, result.meta(), f"the TAP query {result.adql}"
     if src.kind == "table":
-        path = Path(src.path)  # type: ignore[arg-type] - the config requires it for kind: table
+        assert src.path is not None  # the config requires it for kind: table
+        path = Path(src.path)
         table = read_table_file(path)
         obs = observations_from_table(table, str(path), UsageError)
         return obs, {"kind": "table", "path": str(path), "sha256": _sha256(path), "n_rows": len(table)}, str(path)

@@ -73,7 +73,7 @@ def compress_indices(indices: Iterable[int]) -> str:
         raise ValueError("no array indices")
     parts = []
     start = prev = values[0]
-    for v in values[1:] + [None]:  # type: ignore[list-item]
+    for v in [*values[1:], None]:
         if v is not None and v == prev + 1:
             prev = v
             continue
@@ -188,7 +188,7 @@ def template_text(name: str) -> str:
     """A packaged template (`rxte_hpc/run/slurm/templates/<name>.sbatch`, also `slurm/<name>.sbatch` in the repo)."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}")
-    return resources.files("rxte_hpc.run.slurm").joinpath("templates", f"{name}.sbatch").read_text()
+    return resources.files("rxte_hpc.run.slurm").joinpath("templates").joinpath(f"{name}.sbatch").read_text()
 
 
 @dataclass(frozen=True)

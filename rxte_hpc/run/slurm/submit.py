@@ -16,23 +16,21 @@ Every Slurm command is an argv list: no shell is involved.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
+import os
 import re
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import RxteError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.manifest import Manifest, read_manifest
-from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.paths import MAX_FOLDER_ENTRIES, RunPaths
 from rxte_hpc.run.slurm.render import (
     OFFSET_VAR,
     ArrayChunk,
@@ -46,47 +44,16 @@ from rxte_hpc.run.slurm.render import (
     validate_slurm,
 )
 from rxte_hpc.core.status import MISSING, RunSummary
+from rxte_hpc.run.slurm.queue import SlurmError, Submission, _first_line, _now, _queued_tasks, _run, record_submission
+from rxte_hpc.run.slurm.queue import read_jobs, scheduler_report, scheduler_states  # noqa: F401 - public names
 
 log = logging.getLogger(__name__)
 
 #: Slurm's compiled-in default, used only by `--dry-run` when no controller answers.
 DEFAULT_MAX_ARRAY_SIZE = 1001
 _MAX_ARRAY_RE = re.compile(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", re.MULTILINE)
+_MAX_JOBS_RE = re.compile(r"^\s*MaxJobCount\s*=\s*(\d+)\s*$", re.MULTILINE)
 _JOB_ID_RE = re.compile(r"\d+")
-_ELEMENT_RE = re.compile(r"(\d+)(?:_(\d+))?")
-_TIMEOUT_S = 60
-
-
-class SlurmError(UsageError):
-    """A Slurm command is missing or refused: the user must fix the environment or the request."""
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One sbatch call as recorded in jobs.json."""
-
-    kind: str  # array | gather | mpi | rerun | rerun-gather
-    job_id: str
-    script: str
-    command: tuple[str, ...]
-    submitted: str
-    array: str | None = None  # index spec without throttle: what squeue/scancel accept
-    offset: int | None = None
-    tasks: tuple[int, ...] = ()
-    depends_on: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "job_id": self.job_id,
-            "array": self.array,
-            "offset": self.offset,
-            "tasks": list(self.tasks),
-            "depends_on": list(self.depends_on),
-            "script": self.script,
-            "command": list(self.command),
-            "submitted": self.submitted,
-        }
 
 
 @dataclass(frozen=True)
@@ -96,6 +63,7 @@ class PlannedCall:
     kind: str
     argv: tuple[str, ...]
     chunk: ArrayChunk | None = None
+    logs: Path | None = None
 
 
 # ------------------------------------------------------------------ environment
@@ -126,37 +94,57 @@ def parse_max_array_size(text: str) -> int:
     return int(m.group(1))
 
 
-def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    """Run one Slurm client command; SlurmError when it is missing or does not answer."""
-    try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise SlurmError(
-            f"{argv[0]} not found: Slurm's client commands must be on PATH (or run locally: `rxte-hpc run CONFIG`)"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise SlurmError(f"{shlex.join(argv)} did not answer within {_TIMEOUT_S} s: is slurmctld up?") from None
+def parse_max_job_count(text: str) -> int | None:
+    """MaxJobCount (jobs the controller holds at once, every array element counted) from `scontrol show config`."""
+    m = _MAX_JOBS_RE.search(text)
+    return int(m.group(1)) if m else None
 
 
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "(no message)")
+_LIMITS: dict[str, int | None] = {}
 
 
 def query_max_array_size() -> int:
     proc = _run(["scontrol", "show", "config"])
     if proc.returncode != 0:
         raise SlurmError(f"scontrol show config failed: {_first_line(proc.stderr)}")
+    _LIMITS["MaxJobCount"] = parse_max_job_count(proc.stdout)
     return parse_max_array_size(proc.stdout)
 
 
 def _max_array_size(dry_run: bool) -> tuple[int, str]:
     """MaxArraySize and where it came from; a dry run on a machine without Slurm assumes the default."""
+    _LIMITS.clear()
     try:
         return query_max_array_size(), "from scontrol"
     except SlurmError as exc:
         if not dry_run:
             raise
         return DEFAULT_MAX_ARRAY_SIZE, f"Slurm's default; scontrol did not answer: {exc}"
+
+
+def cap_chunks(chunks: Sequence[ArrayChunk], limit: int = MAX_FOLDER_ENTRIES) -> list[ArrayChunk]:
+    """Split arrays of more than `limit` elements (same offset), so each array's log folder stays under 1,000."""
+    out = []
+    for chunk in chunks:
+        for start in range(0, len(chunk.indices), limit):
+            out.append(ArrayChunk(chunk.offset, chunk.indices[start:start + limit]))
+    return out
+
+
+def scale_notes(n_elements: int, n_arrays: int, throttle: int) -> list[str]:
+    """What a big submission means for the queue: the throttle is per array; queued-job limits count elements."""
+    notes = []
+    if n_arrays > 1:
+        notes.append(f"throttle {throttle} applies per array: up to {min(n_elements, throttle * n_arrays)} elements "
+                     f"of {n_arrays} arrays may run at once")
+    max_jobs = _LIMITS.get("MaxJobCount")
+    if max_jobs is not None and n_elements >= max_jobs:
+        notes.append(f"warning: {n_elements} array elements but the controller's MaxJobCount is {max_jobs}: "
+                     "sbatch will refuse the arrays that do not fit; raise tasks.obs_per_task")
+    if n_elements > 1000:
+        notes.append(f"{n_elements} elements count as {n_elements} jobs against per-user limits (MaxSubmitJobs, "
+                     "see `sacctmgr show assoc user=$USER format=maxsubmit`); a refused sbatch names the limit")
+    return notes
 
 
 def _sbatch(argv: Sequence[str]) -> str:
@@ -168,126 +156,6 @@ def _sbatch(argv: Sequence[str]) -> str:
     if not _JOB_ID_RE.fullmatch(job_id):
         raise SlurmError(f"{shlex.join(argv)} printed {proc.stdout.strip()!r}, not a job id")
     return job_id
-
-
-# ------------------------------------------------------------------ jobs.json
-
-
-def jobs_file(paths: RunPaths) -> Path:
-    return paths.slurm_dir / "jobs.json"
-
-
-def read_jobs(paths: RunPaths) -> list[dict[str, Any]]:
-    """Every submission recorded for this run (empty when there is no jobs.json)."""
-    path = jobs_file(paths)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable job record ({exc}); move it aside to start a fresh record") from exc
-    subs = data.get("submissions") if isinstance(data, dict) else None
-    if not isinstance(subs, list):
-        raise UsageError(f"{path}: not a job record (no 'submissions' list)")
-    return subs
-
-
-def record_submission(paths: RunPaths, sub: Submission) -> None:
-    """Append by atomic rewrite under a lock: a reader never sees half a file, and two
-    `submit`/`rerun` calls at the same moment cannot drop each other's entry."""
-    path = jobs_file(paths)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(".jobs.json.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        subs = read_jobs(paths)
-        subs.append(sub.to_json())
-        write_atomic(path, (json.dumps({"submissions": subs}, indent=1) + "\n").encode())
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------ scheduler view
-
-
-def _squeue(job_ids: Sequence[str]) -> list[tuple[str, str]]:
-    """(element id, state) for every queued element of these jobs; one squeue call."""
-    proc = _run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T"])
-    if proc.returncode != 0:
-        # Slurm answers "Invalid job id specified" once every listed job has left its memory.
-        if "invalid job id" in proc.stderr.lower():
-            return []
-        raise SlurmError(f"squeue failed: {_first_line(proc.stderr)}")
-    out = []
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            out.append((parts[0], parts[1]))
-    return out
-
-
-def _element_task(element: str, offsets: Mapping[str, int]) -> int | None:
-    """The task an element id like `12_3` runs (None for a non-array job or an unknown job)."""
-    m = _ELEMENT_RE.fullmatch(element)
-    if not m or m.group(2) is None or m.group(1) not in offsets:
-        return None
-    return int(m.group(2)) + offsets[m.group(1)]
-
-
-def scheduler_states(config: Config) -> dict[str, Any]:
-    """Pending/running elements of this run's recorded jobs (one squeue call); never raises for a missing Slurm."""
-    paths = RunPaths(config.run_dir)
-    jobs = read_jobs(paths)
-    if not jobs:
-        return {"available": None, "jobs": 0, "summary": f"no Slurm jobs recorded for this run ({jobs_file(paths)} absent)"}
-    ids = [str(j["job_id"]) for j in jobs]
-    offsets = {str(j["job_id"]): int(j["offset"]) for j in jobs if j.get("offset") is not None}
-    kinds = {str(j["job_id"]): j.get("kind") for j in jobs}
-    try:
-        queued = _squeue(ids)
-    except SlurmError as exc:
-        return {"available": False, "jobs": len(ids), "summary": f"cannot ask Slurm ({exc})"}
-    elements = []
-    for element, state in queued:
-        elements.append(
-            {
-                "id": element,
-                "state": state,
-                "kind": kinds.get(element.split("_")[0]),
-                "task": _element_task(element, offsets),
-            }
-        )
-    pending = sum(1 for e in elements if e["state"] == "PENDING")
-    running = sum(1 for e in elements if e["state"] in ("RUNNING", "COMPLETING", "CONFIGURING"))
-    other = len(elements) - pending - running
-    if elements:
-        summary = f"{pending} pending, {running} running" + (f", {other} other" if other else "")
-        summary += f" (elements of {len(ids)} recorded job(s))"
-    else:
-        summary = f"nothing of this run in the queue ({len(ids)} recorded job(s) have ended)"
-    return {
-        "available": True,
-        "jobs": len(ids),
-        "pending": pending,
-        "running": running,
-        "elements": elements,
-        "summary": summary,
-    }
-
-
-def _queued_tasks(paths: RunPaths) -> set[int]:
-    """Tasks whose elements Slurm still holds (pending or running): not lost, so not rerun."""
-    jobs = read_jobs(paths)
-    offsets = {str(j["job_id"]): int(j["offset"]) for j in jobs if j.get("offset") is not None}
-    if not offsets:
-        return set()
-    try:
-        queued = _squeue(list(offsets))
-    except SlurmError as exc:
-        log.warning("cannot ask squeue which elements are still queued (%s); rerunning from the records alone", exc)
-        return set()
-    return {t for element, _ in queued if (t := _element_task(element, offsets)) is not None}
 
 
 # ------------------------------------------------------------------ submit / rerun
@@ -310,15 +178,17 @@ def _write_script(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-def _array_calls(kind: str, chunks: Sequence[ArrayChunk], throttle: int, script: Path) -> list[PlannedCall]:
-    return [
-        PlannedCall(
-            kind,
-            ("sbatch", "--parsable", chunk.array_option(throttle), f"--export=ALL,{OFFSET_VAR}={chunk.offset}", str(script)),
-            chunk,
-        )
-        for chunk in chunks
-    ]
+def _array_calls(kind: str, chunks: Sequence[ArrayChunk], throttle: int, script: Path,
+                 paths: RunPaths) -> list[PlannedCall]:
+    """One sbatch per chunk, each with its own log folder (`slurm/logs/<kind>-<time>-<n>/%A_%a.out`)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    calls = []
+    for i, chunk in enumerate(chunks):
+        logs = paths.slurm_array_logs(f"{kind}-{stamp}-{os.getpid()}-{i:03d}")
+        argv = ("sbatch", "--parsable", chunk.array_option(throttle), f"--export=ALL,{OFFSET_VAR}={chunk.offset}",
+                f"--output={logs}/%A_%a.out", str(script))
+        calls.append(PlannedCall(kind, argv, chunk, logs))
+    return calls
 
 
 def _gather_argv(script: Path, after: Sequence[str]) -> tuple[str, ...]:
@@ -343,10 +213,13 @@ def _submit_arrays(
     gather_kind: str,
 ) -> list[Submission]:
     """sbatch every chunk, then the gather after all of them; each submission recorded as it happens."""
-    paths.slurm_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create it
+    paths.slurm_logs_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not create it
     done: list[Submission] = []
+    quiet = len(calls) > 20
     for call in calls:
         assert call.chunk is not None
+        if call.logs is not None:
+            call.logs.mkdir(parents=True, exist_ok=True)
         job_id = _sbatch(call.argv)
         sub = Submission(
             kind=call.kind,
@@ -357,10 +230,16 @@ def _submit_arrays(
             array=call.chunk.spec(),
             offset=call.chunk.offset,
             tasks=call.chunk.tasks,
+            logs=str(call.logs) if call.logs is not None else None,
         )
         record_submission(paths, sub)
         done.append(sub)
-        print(f"submitted array {job_id}_[{call.chunk.spec()}] (offset {call.chunk.offset}): tasks {compress_indices(call.chunk.tasks)}")
+        if not quiet:
+            print(f"submitted array {job_id}_[{call.chunk.spec()}] (offset {call.chunk.offset}): "
+                  f"tasks {compress_indices(call.chunk.tasks)}")
+    if quiet:
+        print(f"submitted {len(done)} arrays {done[0].job_id}..{done[-1].job_id}: "
+              f"{sum(len(s.tasks) for s in done)} elements (jobs.json lists each)")
     ids = [s.job_id for s in done]
     argv = _gather_argv(gather_script, ids)
     job_id = _sbatch(argv)
@@ -379,11 +258,14 @@ def submit(config: Config, dry_run: bool = False, mpi: bool = False, python: str
         return _submit_mpi(config, paths, inputs, dry_run)
     manifest = _manifest_for_submit(config, dry_run)
     max_array, source = _max_array_size(dry_run)
-    chunks = contiguous_chunks(manifest.n_tasks, max_array)
+    chunks = cap_chunks(contiguous_chunks(manifest.n_tasks, min(max_array, MAX_FOLDER_ENTRIES)))
     array_script, gather_script = paths.slurm_dir / "array.sbatch", paths.slurm_dir / "gather.sbatch"
     array_text, gather_text = render_array(inputs, chunks), render_gather(inputs)
-    calls = _array_calls("array", chunks, config.slurm.throttle, array_script)
-    print(f"{manifest.n_tasks} tasks ({len(manifest.rows)} ObsIDs) as {len(chunks)} array(s); MaxArraySize {max_array} ({source})")
+    calls = _array_calls("array", chunks, config.slurm.throttle, array_script, paths)
+    print(f"{manifest.n_tasks} tasks ({len(manifest.rows)} ObsIDs) as {len(chunks)} array(s); "
+          f"MaxArraySize {max_array} ({source})")
+    for note in scale_notes(manifest.n_tasks, len(chunks), config.slurm.throttle):
+        print(note)
     if dry_run:
         _print_dry_run([(array_script, array_text), (gather_script, gather_text)], calls, gather_script)
         return 0
@@ -426,6 +308,14 @@ def _submit_mpi(config: Config, paths: RunPaths, inputs: RenderInputs, dry_run: 
     return 0
 
 
+_SHOWN_TASKS = 20
+
+
+def _task_list(tasks: Sequence[int]) -> str:
+    """`2, 6` for a few tasks, the compressed ranges (`0-4,17,40-42`) for many."""
+    return ", ".join(str(t) for t in tasks) if len(tasks) <= _SHOWN_TASKS else compress_indices(tasks)
+
+
 def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, python: str | None = None) -> int:
     """`rxte-hpc rerun`: resubmit only tasks whose ObsIDs are missing/interrupted (from the records) as sparse arrays."""
     validate_slurm(config)
@@ -447,19 +337,24 @@ def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, p
         print(f"nothing to rerun: no task has missing or interrupted ObsIDs that is not already queued{why}")
         return 0
     by_task: dict[int, list[str]] = {}
+    chosen = set(tasks)
     for s in summary.states:
-        if s.task in tasks and s.state not in ("done", "no_data"):
+        if s.task in chosen and s.state not in ("done", "no_data"):
             by_task.setdefault(s.task, []).append(f"{s.obsid} ({s.state if s.state != MISSING else 'missing'})")
-    print(f"rerun {len(tasks)} task(s): {', '.join(str(t) for t in tasks)}")
-    for task in tasks:
+    print(f"rerun {len(tasks)} task(s): {_task_list(tasks)}")
+    for task in tasks[:_SHOWN_TASKS]:
         print(f"  task {task}: {', '.join(by_task.get(task, []))}")
+    if len(tasks) > _SHOWN_TASKS:
+        print(f"  ... and {len(tasks) - _SHOWN_TASKS} more task(s) (`status --tasks` lists every task)")
     max_array, source = _max_array_size(dry_run)
-    chunks = sparse_chunks(tasks, max_array)
+    chunks = cap_chunks(sparse_chunks(tasks, max_array))
     inputs = RenderInputs.from_config(config, python or sys.executable)
     array_script, gather_script = paths.slurm_dir / "rerun.sbatch", paths.slurm_dir / "gather.sbatch"
     array_text, gather_text = render_array(inputs, chunks), render_gather(inputs)
-    calls = _array_calls("rerun", chunks, config.slurm.throttle, array_script)
+    calls = _array_calls("rerun", chunks, config.slurm.throttle, array_script, paths)
     print(f"as {len(chunks)} array(s); MaxArraySize {max_array} ({source})")
+    for note in scale_notes(len(tasks), len(chunks), config.slurm.throttle):
+        print(note)
     if dry_run:
         _print_dry_run([(array_script, array_text)], calls, gather_script)
         return 0
