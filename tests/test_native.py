@@ -238,23 +238,38 @@ def test_bin_with_every_pcu_off_is_kept_as_nan(tmp_path):
     assert lc.rate[0] == 5.0 and lc.rate[2] == 7.0
 
 
-@pytest.mark.parametrize("start, expected, pcu0", [(T0, 20 * 2, None), (EPOCH5, 17 + 16, (5, 20))])
-def test_energy_band_uses_each_epoch_and_pcu0_channels(tmp_path, start, expected, pcu0):
+@pytest.mark.parametrize("start, pculist, expected, chmax", [
+    (T0, "0,1", 20 * 2, 24),  # epoch 3: 5-24 for both PCUs
+    (EPOCH5, "0,1", 17 * 2, 21),  # epoch 5: ONE range for all PCUs, 5-21, PCU0 included (pcaextlc2's one chmin/chmax)
+    (EPOCH5, "0", 16, 20),  # PCU0 alone: its own gain column, 5-20 (the heasoft backend's rule too)
+])
+def test_energy_band_has_one_channel_range_for_all_pcus(tmp_path, start, pculist, expected, chmax):
     t = rows(1, start)
     ones = np.ones((1, 129))
     live = {0: np.array([1.0]), 1: np.array([1.0])}
     src = std2_file(tmp_path / "a_dt", t, {"X1LSpecPcu0": ones, "X1LSpecPcu1": ones}, live)
     bkg = std2_file(tmp_path / "a_dtbkg", t, None, live, float_counts=True)
     prepared(tmp_path, [src], [bkg], filter_times=rows(5, start - 32))
-    (lc,) = run(extractor(tmp_path, energy_kev=[2, 9]))
-    assert lc.rate[0] * 2.0 == pytest.approx(expected)  # epoch 3: 5-24 both; epoch 5: 5-21 and PCU0 5-20
+    (lc,) = run(extractor(tmp_path, energy_kev=[2, 9], pculist=pculist))
+    live_sum = 2.0 if pculist == "0,1" else 1.0
+    assert lc.rate[0] * live_sum == pytest.approx(expected)
     kw = lc.keywords
     assert kw["E_MIN"][0] == 2.0 and kw["E_MAX"][0] == 9.0
-    assert kw["GAINEPOC"][0] == (3 if pcu0 is None else 5)
-    assert kw["CHMAX"][0] == (24 if pcu0 is None else 21)
-    assert ("CHMIN0" in kw) == (pcu0 is not None)
-    if pcu0:
-        assert (kw["CHMIN0"][0], kw["CHMAX0"][0]) == pcu0
+    assert kw["GAINEPOC"][0] == (3 if start == T0 else 5)
+    assert (kw["CHMIN"][0], kw["CHMAX"][0]) == (5, chmax)
+    assert "CHMIN0" not in kw and "NOMINAL" in kw["ECHANRUL"][0] and "all PCUs" in kw["PCUCHRUL"][0]
+
+
+def test_both_backends_resolve_a_kev_band_with_the_same_std2_call() -> None:
+    from rxte_hpc.core.config import BandConfig
+    from rxte_hpc.extract.native import band_for_pcus
+    from rxte_hpc.extract.std2 import pcu0_energies, resolve_band
+
+    band = BandConfig(name="a", energy_kev=(2.0, 9.0))
+    for pcus in [(0,), (0, 1, 2), (1, 2), (0, 1, 2, 3, 4)]:
+        # heasoft.py: resolve_band(energy_kev=..., met=..., pcu0=pcus == (0,)); native: band_for_pcus
+        assert band_for_pcus(band, pcus, EPOCH5) == resolve_band(energy_kev=(2.0, 9.0), met=EPOCH5, pcu0=pcus == (0,))
+        assert pcu0_energies(pcus) == (pcus == (0,))
 
 
 def test_missing_prepared_products_say_how_to_make_them(tmp_path, monkeypatch):
@@ -323,6 +338,31 @@ def test_fast_reader_matches_astropy_on_simulated_products(archive):
     for path in sorted((archive.root / "prepared").glob("*/FP_*.xfl"))[:3]:
         expr = parse_filter("(ELV > 4) && (OFFSET < 0.1) && (NUM_PCU_ON > 0)")
         np.testing.assert_array_equal(screen_filter_file(path, expr), filter_gti(path, expr))
+
+
+def test_native_screening_does_integer_arithmetic_as_cfitsio_does(tmp_path):
+    """The fast reader keeps B columns integers: NUM_PCU_ON/2 == 1 selects rows with 2 or 3 PCUs, as CFITSIO does."""
+    import fitsio
+
+    from rxte_hpc.extract.gti import intervals_from_flags
+
+    num = np.array([0, 1, 2, 3, 3, 4, 5, 255, 2, 3, 1, 4], dtype=np.uint8)
+    times = T0 + 16.0 * np.arange(len(num))
+    cols = [fits.Column(name="Time", format="D", array=times),
+            fits.Column(name="NUM_PCU_ON", format="B", null=255, array=num),
+            fits.Column(name="ELV", format="E", array=np.full(len(num), 30.0, dtype=np.float32))]
+    table = fits.BinTableHDU.from_columns(cols, name="XTE_MKF")
+    table.header["TIMEZERO"] = TZ
+    path = tmp_path / "FP_1-2.xfl"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+    for text in ("NUM_PCU_ON/2 == 1 && ELV > 4", "NUM_PCU_ON/2 > 1", "NUM_PCU_ON % 2 == 1"):
+        with fitsio.FITS(str(path)) as f:
+            selected = f[1].where(f"({text}) && Time > -1e300")
+        flags = np.zeros(len(num), dtype=bool)
+        flags[selected] = True
+        assert flags.any() and not flags.all()
+        expected = intervals_from_flags(times, flags) + TZ
+        np.testing.assert_array_equal(screen_filter_file(path, parse_filter(text)), expected)
 
 
 def test_simulated_rates_recovered_within_errors(archive, tmp_path):

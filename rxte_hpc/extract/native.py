@@ -31,9 +31,10 @@ from rxte_hpc.extract.base import Extractor
 from rxte_hpc.extract.prepare import BACKGROUND_LIST, DONE_FILE, SOURCE_LIST, has_standard2, prepare_into, read_list
 from rxte_hpc.extract.filterexpr import FilterExpr, parse_filter
 from rxte_hpc.core.intervals import intersect, union
-from rxte_hpc.extract.gti import DEFAULT_FRACTION, intervals_from_flags, select_rows
+from rxte_hpc.extract.gti import DEFAULT_FRACTION, intervals_from_flags, row_flags_from_table, select_rows
 from rxte_hpc.fits.tableio import FitsTable, find_table, read_tables
-from rxte_hpc.extract.std2 import ChannelBand, bins_for_channels, channel_map_from_header, parse_layerlist, parse_pculist, resolve_band
+from rxte_hpc.extract.std2 import (ChannelBand, band_keywords, bins_for_channels, channel_map_from_header, parse_layerlist,
+                                   parse_pculist, pcu0_energies, resolve_band)
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +56,33 @@ class FileRows:
     """The selected rows of one `_dt` or `_dtbkg` file, reduced to what binning needs.
 
     `counts[b]` is band b's counts per row summed over PCUs, layers and bins;
-    `bands[b]` maps PCU -> the channel band used for it in this file.
+    `bands[b]` is (the channel band, lowest, highest absolute channel of the
+    Standard-2 bins summed), one for all PCUs as pcaextlc2 has it. Times are
+    kept on the file's raw scale too (`t_raw`, `start_raw`, `timezero`), so
+    binning never depends on how Time + TIMEZERO rounds.
     """
 
     t_row: np.ndarray
     timedel: float
     live: np.ndarray
     counts: np.ndarray  # (n_bands, n_rows)
-    bands: tuple[Mapping[int, tuple[ChannelBand, int, int]], ...]
+    bands: tuple[tuple[ChannelBand, int, int], ...]
     gti: np.ndarray
     start: float
     header: Mapping[str, Any]
+    t_raw: np.ndarray | None = None
+    start_raw: float = 0.0
+    timezero: float = 0.0
+    path: str = ""
 
 
 # ---------------------------------------------------------------- pure rules
-def band_for_pcu(band: BandConfig, pcu: int, met: float) -> ChannelBand:
-    """Absolute channels of `band` for one PCU at time `met`: keV bands depend on gain epoch (and PCU0 in epoch 5)."""
+def band_for_pcus(band: BandConfig, pcus: Sequence[int], met: float) -> ChannelBand:
+    """Absolute channels of `band` for the PCUs summed at time `met`: ONE range for all of them, as pcaextlc2
+    passes one chmin/chmax; keV bands depend on the gain epoch, and on PCU0's own gain only when PCU0 is
+    summed alone (`std2.pcu0_energies`, the heasoft backend's rule too)."""
     if band.energy_kev is not None:
-        return resolve_band(energy_kev=band.energy_kev, met=met, pcu0=pcu == 0)
+        return resolve_band(energy_kev=band.energy_kev, met=met, pcu0=pcu0_energies(pcus))
     return resolve_band(chmin=band.chmin, chmax=band.chmax, met=None)
 
 
@@ -84,9 +94,17 @@ def effective_gti(file_gti: np.ndarray, user_gti: np.ndarray, tstart: float | No
     return gti
 
 
-def bin_rows(t_row: np.ndarray, t0: float, binsz: float) -> np.ndarray:
-    """Bin number of each row: floor((t - T0) / binsz), the grid anchored at the first file's start."""
-    return np.floor((np.asarray(t_row, dtype=np.float64) - t0) / binsz).astype(np.int64)
+def bin_rows(t_row: np.ndarray, t0: float, binsz: float, zero_offset: float = 0.0) -> np.ndarray:
+    """Bin number of each row: floor(((t - T0) + zero_offset) / binsz), the grid anchored at the first file's start.
+
+    Give raw times (Time, TSTART without TIMEZERO) and `zero_offset` = this
+    file's TIMEZERO minus the first file's: then t - T0 is exact (two nearby
+    doubles, Sterbenz) and a row starting on a bin edge lands in that bin for
+    any MET and TIMEZERO. Absolute times (Time + TIMEZERO) are rounded near
+    2^28 s, and a row on an edge could fall one bin early.
+    """
+    offset = (np.asarray(t_row, dtype=np.float64) - t0) + zero_offset
+    return np.floor(offset / binsz).astype(np.int64)
 
 
 def bin_sums(k: np.ndarray, keys: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -127,14 +145,7 @@ def screen_filter_file(path: Path, expr: FilterExpr) -> np.ndarray:
     table = next((t for t in tables if t.extname.upper() == "XTE_MKF"), tables[0] if tables else None)
     if table is None:
         raise DataError(f"{path}: no binary table (expected the XTE_MKF extension of a filter file)")
-    missing = sorted(c for c in expr.columns if not table.has(c))
-    if missing:
-        raise DataError(f"filter expression {expr.text!r} needs column(s) {', '.join(missing)} that {path} "
-                        f"does not have; available: {', '.join(sorted(table.names, key=str.upper))}")
-    columns = {name: table.values(name) for name in expr.columns}
-    if not columns:
-        columns["__ROWS__"] = np.zeros(table.n_rows)
-    flags = expr.evaluate(columns)
+    flags = row_flags_from_table(table, expr)  # CFITSIO's column types: integer columns stay integers
     fractions = []
     for key in ("PREFR", "POSTFR"):
         try:
@@ -177,7 +188,9 @@ def read_file_rows(path: Path, user_gti: np.ndarray, sel: Selection) -> FileRows
                                     absolute_times(gti_table.values("STOP"), gti_table.header)])
         timezero = read_timezero(header)
         tstart, tstop = read_tstart(header), read_tstop(header)
-        t_row = absolute_times(data.values("Time"), header)
+        t_raw = data.values("Time")
+        t_row = absolute_times(t_raw, header)
+        start_raw = tstart if tstart is not None else (float(t_raw[0]) if len(t_raw) else np.nan)
         start = tstart + timezero if tstart is not None else (float(t_row[0]) if len(t_row) else np.nan)
         stop = tstop + timezero if tstop is not None else None
         gti = effective_gti(file_gti, user_gti, start if tstart is not None else None, stop)
@@ -188,10 +201,10 @@ def read_file_rows(path: Path, user_gti: np.ndarray, sel: Selection) -> FileRows
             values = data.values(f"LiveTimePcu{pcu}")[keep]
             live += np.where(np.isnan(values), 0.0, values)
         counts = np.zeros((len(sel.bands), len(live)))
-        bands: list[dict[int, tuple[ChannelBand, int, int]]] = [{} for _ in sel.bands]
+        bands: list[tuple[ChannelBand, int, int]] = []
         all_names = [f"X{layer}{side}SpecPcu{pcu}" for pcu in sel.pcus for layer in sel.layers for side in "LR"]
         maps = dict(zip(all_names, _channel_maps(data, all_names)))
-        resolved: dict[tuple[int, bool], ChannelBand] = {}
+        resolved = [band_for_pcus(band, sel.pcus, start) for band in sel.bands]  # one range for every PCU
         for pcu in sel.pcus:
             names = [f"X{layer}{side}SpecPcu{pcu}" for layer in sel.layers for side in "LR"]
             groups: list[tuple[np.ndarray, np.ndarray]] = []  # (channel map, spectra summed over its columns)
@@ -205,19 +218,19 @@ def read_file_rows(path: Path, user_gti: np.ndarray, sel: Selection) -> FileRows
                         break
                 else:
                     groups.append((cmap, spectra.copy()))
-            for b, band in enumerate(sel.bands):
-                if (b, pcu == 0) not in resolved:  # a band's channels differ only for PCU0 (epoch 5)
-                    resolved[b, pcu == 0] = band_for_pcu(band, pcu, start)
-                channels = resolved[b, pcu == 0]
+            for b, channels in enumerate(resolved):
                 for cmap, total in groups:
                     mask = bins_for_channels(cmap, channels.chmin, channels.chmax)
                     counts[b] += total[:, mask].sum(axis=1)
-                mask = bins_for_channels(groups[0][0], channels.chmin, channels.chmax)
-                lo, hi = (int(groups[0][0][mask, 0].min()), int(groups[0][0][mask, 1].max())) if mask.any() else (-1, -1)
-                bands[b][pcu] = (channels, lo, hi)
+        first_map = maps[all_names[0]]
+        for channels in resolved:
+            mask = bins_for_channels(first_map, channels.chmin, channels.chmax)
+            lo, hi = (int(first_map[mask, 0].min()), int(first_map[mask, 1].max())) if mask.any() else (-1, -1)
+            bands.append((channels, lo, hi))
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
         raise DataError(f"{path}: unusable prepared Standard-2 file ({type(exc).__name__}: {exc})") from exc
-    return FileRows(t_row[keep], float(timedel), live, counts, tuple(bands), gti, float(start), header)
+    return FileRows(t_row[keep], float(timedel), live, counts, tuple(bands), gti, float(start), header,
+                    t_raw=t_raw[keep], start_raw=float(start_raw), timezero=float(timezero), path=str(path))
 
 
 # ---------------------------------------------------------------- whole ObsID
@@ -229,23 +242,62 @@ def _concat(rows: Sequence[FileRows]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return t, exposure, live, counts
 
 
-def light_curves(source: Sequence[FileRows], background: Sequence[FileRows], sel: Selection, where: str) -> list[LightCurve]:
-    """Bin source and background rows on one grid and make one net light curve per band."""
-    t0 = source[0].start
-    t, exposure, live, counts = _concat(source)
-    if not len(t):
-        raise NoDataError(f"{where}: no Standard-2 row falls in the good time")
-    k = bin_rows(t, t0, sel.binsz)
+def _bin_numbers(rows: Sequence[FileRows], binsz: float) -> np.ndarray:
+    """Each row's bin on the grid anchored at rows[0]'s start (saextrct's T0), computed on the raw scale."""
+    first = rows[0]
+    parts = []
+    for r in rows:
+        if r.t_raw is None:  # built without raw times: absolute ones, as before
+            parts.append(bin_rows(r.t_row, first.start, binsz))
+        else:
+            parts.append(bin_rows(r.t_raw, first.start_raw, binsz, r.timezero - first.timezero))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _binned(rows: Sequence[FileRows], binsz: float, n_bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """saextrct on one file list: the bins with rows (keys) and their sums [exposure, live, counts...]."""
+    _, exposure, live, counts = _concat(rows)
+    k = _bin_numbers(rows, binsz)
     keys = np.unique(k)
-    sums = bin_sums(k, keys, np.vstack([exposure, live, counts]))
+    return keys, bin_sums(k, keys, np.vstack([exposure, live, counts.reshape(n_bands, -1)]))
+
+
+def _paired_background(source: Sequence[FileRows], background: Sequence[FileRows], keys: np.ndarray,
+                       binsz: float, n_bands: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The background light curve's (live, counts) per source bin, paired as pcaextlc2 pairs them.
+
+    pcaextlc2 bins the `_dtbkg` list on its own (anchored at ITS first file's
+    start) and `ftpaste`s BACKV/BACKE onto the source light curve row by row,
+    by index. That equals pairing by time only when both curves have the same
+    bins; when they do not, the index pairing would put background on the
+    wrong bins, so that is refused, naming the files.
+    """
+    if not background:
+        return np.zeros(len(keys)), np.zeros((n_bands, len(keys)))
+    keys_b, sums_b = _binned(background, binsz, n_bands)
+    first, first_b = source[0], background[0]
+    anchor = (first_b.start_raw - first.start_raw) + (first_b.timezero - first.timezero)
+    if first.t_raw is None or first_b.t_raw is None:
+        anchor = first_b.start - first.start
+    same = len(keys_b) == len(keys) and bool(np.all(np.abs(keys_b * binsz + anchor - keys * binsz) < 1e-3))
+    if not same:
+        files = ", ".join(Path(r.path).name or "?" for r in [*source, *background])
+        raise DataError(
+            f"{where}: the background light curve has {len(keys_b)} bins and the source {len(keys)}, not at the "
+            f"same times: pcaextlc2 pastes background onto source rows by row number (ftpaste), which would "
+            f"misplace it here; refused ({files})")
+    return sums_b[1], sums_b[2:]
+
+
+def light_curves(source: Sequence[FileRows], background: Sequence[FileRows], sel: Selection, where: str) -> list[LightCurve]:
+    """Bin source and background rows as saextrct does and make one net light curve per band."""
+    t0 = source[0].start
+    if not sum(len(r.t_row) for r in source):
+        raise NoDataError(f"{where}: no Standard-2 row falls in the good time")
+    n_bands = len(sel.bands)
+    keys, sums = _binned(source, sel.binsz, n_bands)
     realbin, live_k, c_k = sums[0], sums[1], sums[2:]
-    if background:
-        tb, _, live_b, counts_b = _concat(background)
-        kb = bin_rows(tb, t0, sel.binsz)
-        bsums = bin_sums(kb, keys, np.vstack([live_b, counts_b]))
-        live_bk, cb_k = bsums[0], bsums[1:]
-    else:
-        live_bk, cb_k = np.zeros(len(keys)), np.zeros((len(sel.bands), len(keys)))
+    live_bk, cb_k = _paired_background(source, background, keys, sel.binsz, n_bands, where)
     time = t0 + keys * sel.binsz
     fracexp = realbin / sel.binsz
     gti = union(*[r.gti for r in source])
@@ -261,30 +313,18 @@ def light_curves(source: Sequence[FileRows], background: Sequence[FileRows], sel
     return curves
 
 
-def _keywords(band: BandConfig, per_pcu: Mapping[int, tuple[ChannelBand, int, int]], header: Mapping[str, Any]) -> dict:
-    """Band and processing keywords; PCU0's own channels get CHMIN0/CHMAX0 when they differ (epoch 5)."""
-    pcus = sorted(per_pcu)
-    main = next((p for p in pcus if p != 0), pcus[0])
-    channels, lo, hi = per_pcu[main]
+def _keywords(band: BandConfig, channels: tuple[ChannelBand, int, int], header: Mapping[str, Any]) -> dict:
+    """Band and processing keywords: std2.band_keywords (shared with the heasoft backend) plus native's own."""
+    resolved, lo, hi = channels
     out: dict[str, Any] = {
         "DEADAPP": (True, "dead time applied (LiveTimePcu)"),
         "BACKAPP": (True, "pcabackest model subtracted"),
-        "CHMIN": (channels.chmin, "lowest absolute channel asked for"),
-        "CHMAX": (channels.chmax, "highest absolute channel asked for"),
+        **band_keywords(resolved, band.energy_kev),
         "MINCHAN": (lo, "lowest abs channel of Std2 bins summed"),
         "MAXCHAN": (hi, "highest abs channel of Std2 bins summed"),
         "OBJECT": str(header.get("OBJECT", "")),
         "EXTRACTR": ("native", "rxte_hpc numpy pcaextlc2"),
     }
-    if band.energy_kev is not None:
-        out["E_MIN"] = (float(band.energy_kev[0]), "[keV] lower edge of the requested band")
-        out["E_MAX"] = (float(band.energy_kev[1]), "[keV] upper edge of the requested band")
-        out["GAINEPOC"] = (int(channels.epoch or 0), "PCA gain epoch used for keV -> channel")
-    if 0 in per_pcu and main != 0:
-        pcu0 = per_pcu[0][0]
-        if (pcu0.chmin, pcu0.chmax) != (channels.chmin, channels.chmax):
-            out["CHMIN0"] = (pcu0.chmin, "PCU0 own lowest channel (gain epoch 5)")
-            out["CHMAX0"] = (pcu0.chmax, "PCU0 own highest channel (gain epoch 5)")
     return out
 
 
