@@ -156,6 +156,12 @@ class Config:
     tasks: TasksConfig
     slurm: SlurmConfig
     gather: GatherConfig
+    #: several sources in one campaign (`targets:`); empty for the usual one `target:`
+    targets: tuple[TargetConfig, ...] = ()
+
+    def target_list(self) -> tuple[TargetConfig, ...]:
+        """The configured targets: `targets:`, or the one `target:`."""
+        return self.targets or (self.target,)
 
     def hash(self) -> str:
         """Hash of what decides an ObsID's light curve; a change makes old outputs stale."""
@@ -208,7 +214,7 @@ def config_from_mapping(raw: Any, path: Path) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base = path.resolve().parent
-    allowed = {"run_dir", *_SECTIONS}
+    allowed = {"run_dir", "targets", *_SECTIONS}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
@@ -219,9 +225,82 @@ def config_from_mapping(raw: Any, path: Path) -> Config:
     root = sections["archive"].root
     if root != ARCHIVE_SIMULATED and not root.startswith(("http://", "https://")):
         sections["archive"] = dataclasses.replace(sections["archive"], root=str(_resolve_path(root, base)))
-    cfg = Config(path=path, run_dir=run_dir, **sections)
+    targets: tuple[TargetConfig, ...] = ()
+    if "targets" in raw:
+        if "target" in raw:
+            raise ConfigError(f"{path}: give either target (one source) or targets (several), not both")
+        targets = _targets(raw["targets"], path, base)
+    cfg = Config(path=path, run_dir=run_dir, targets=targets, **sections)
     _cross_checks(cfg)
     return cfg
+
+
+#: A target name ends up in `<run_dir>/targets/<name>/`, FITS OBJECT keywords and log lines.
+_TARGET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}")
+
+
+def target_key(name: str) -> str:
+    """What makes two target names the same (case, blanks, '_' and '-' ignored): `ETA_CAR` == `eta car`."""
+    return re.sub(r"[\s_-]+", "", name).lower()
+
+
+def _targets(raw: Any, path: Path, base: Path) -> tuple[TargetConfig, ...]:
+    """`targets: [{name, ra, dec[, radius_deg]}, ...]` or `targets: {path: targets.csv}` (name, ra, dec[, radius_deg])."""
+    where = "targets"
+    if isinstance(raw, Mapping):
+        if set(raw) != {"path"}:
+            raise ConfigError(f"{path}: targets must be a list of {{name, ra, dec[, radius_deg]}} or {{path: FILE.csv}}")
+        file = _resolve_path(_expect_str(raw["path"], "targets.path", path), base)
+        where = f"targets.path {file}"
+        raw = _read_targets_csv(file, path)
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{path}: targets must be a non-empty list of {{name, ra, dec[, radius_deg]}}")
+    out: list[TargetConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        key = f"targets[{i}]"
+        target = _section(TargetConfig, item, key, path, base)
+        if not target.name or not _TARGET_NAME_RE.fullmatch(target.name):
+            raise ConfigError(f"{path}: {key}.name must be 1-64 letters, digits, blanks or _ . + - "
+                              f"(it names <run_dir>/targets/<name>/), not {target.name!r} ({where})")
+        if target.ra is None or target.dec is None:
+            raise ConfigError(f"{path}: {key} ({target.name}) needs ra and dec in degrees: several targets are "
+                              f"assigned by position ({where})")
+        norm = target_key(target.name)
+        if norm in seen:
+            raise ConfigError(f"{path}: {key}.name {target.name!r} repeats targets[{seen[norm]}] ({where})")
+        seen[norm] = i
+        out.append(target)
+    return tuple(out)
+
+
+def _read_targets_csv(file: Path, path: Path) -> list[dict[str, Any]]:
+    """Rows of a targets CSV as mappings, numbers converted; a bad file is one line naming it."""
+    import csv
+
+    try:
+        with open(file, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: targets.path {file}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    out = []
+    for n, row in enumerate(rows, start=2):
+        item: dict[str, Any] = {}
+        for k, v in row.items():
+            name = (k or "").strip().lower()
+            if name not in ("name", "ra", "dec", "radius_deg"):
+                raise ConfigError(f"{path}: targets.path {file} line {n}: unknown column {k!r} "
+                                  "(columns: name, ra, dec[, radius_deg])")
+            value = (v or "").strip()
+            if name == "name":
+                item[name] = value
+            elif value:
+                try:
+                    item[name] = float(value)
+                except ValueError:
+                    raise ConfigError(f"{path}: targets.path {file} line {n}: {name} is not a number: {value!r}") from None
+        out.append(item)
+    return out
 
 
 def _expect_str(value: Any, key: str, path: Path) -> str:
