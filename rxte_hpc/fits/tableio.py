@@ -4,10 +4,15 @@ A `_dt` file has ~180 columns; astropy builds a Column object for each and
 takes ~50 ms per file, which alone would make a 1,370-ObsID campaign exceed a
 minute. Here a binary table's header is parsed once and only the columns the
 extraction needs are viewed, zero-copy, through a numpy dtype with their byte
-offsets, so a file costs about what reading its bytes costs. Only fixed-width
-columns (L, X, B, I, J, K, A, E, D; TSCAL/TZERO/TNULL honoured) can be read,
-which is what Standard-2 products contain; a heap (P/Q) column is skipped
-over, never read. Every problem is a DataError naming the file.
+offsets, so a file costs about what reading its bytes costs.
+
+What it reads, it reads as CFITSIO and astropy do (tests/test_tableio.py
+compares every column): numbers B, I, J, K, E, D of any repeat count (TDIMn
+shapes, TSCAL/TZERO/TNULL honoured), strings nA (whole, as bytes), logicals
+nL (as the stored T/F/NUL bytes). What it cannot read it refuses with a
+DataError naming the file, never a guess: bit (X), complex (C, M) and heap
+(P, Q) columns are skipped over and refused when asked for, and so is a
+long-string keyword (CONTINUE cards) or a value it cannot parse.
 """
 from __future__ import annotations
 
@@ -33,10 +38,13 @@ _TFORM = re.compile(r"\s*(\d*)\s*([LXBIJKAEDCMPQ])")
 _CODES = {"L": (1, "S1"), "B": (1, "u1"), "I": (2, ">i2"), "J": (4, ">i4"), "K": (8, ">i8"),
           "A": (1, "S1"), "E": (4, ">f4"), "D": (8, ">f8"), "C": (8, ">c8"), "M": (16, ">c16")}
 _HEAP_WIDTH = {"P": 8, "Q": 16}
+#: Formats read faithfully; the others are refused when asked for, with what they are.
+_READABLE = frozenset("LBIJKAED")
+_UNREADABLE = {"X": "a bit array", "C": "complex", "M": "complex", "P": "a heap array", "Q": "a heap array"}
 
 
 def _card_value(text: str) -> Any:
-    """The value of one `KEY = value / comment` card: str, bool, int or float."""
+    """The value of one `KEY = value / comment` card: str, bool, int or float; ValueError for anything else."""
     body = text[10:].strip()
     if body.startswith("'"):
         end = body.find("'", 1)
@@ -50,10 +58,7 @@ def _card_value(text: str) -> Any:
         return int(value)
     except ValueError:
         pass
-    try:
-        return float(value.replace("D", "E").replace("d", "e"))
-    except ValueError:
-        return value
+    return float(value.replace("D", "E").replace("d", "e"))  # ValueError for a complex or undefined value
 
 
 class Header(Mapping[str, Any]):
@@ -63,11 +68,21 @@ class Header(Mapping[str, Any]):
     parsing them all cost more than reading the data.
     """
 
-    def __init__(self, cards: Mapping[str, str]) -> None:
+    def __init__(self, cards: Mapping[str, str], continued: frozenset[str] = frozenset(), where: str = "") -> None:
         self._cards = dict(cards)
+        self._continued = continued
+        self._where = where
 
     def __getitem__(self, key: str) -> Any:
-        return _card_value(self._cards[key])
+        card = self._cards[key]
+        if key in self._continued:
+            raise DataError(f"{self._where}: keyword {key} is a long string continued on CONTINUE cards, "
+                            "which this reader does not read")
+        try:
+            return _card_value(card)
+        except ValueError:
+            raise DataError(f"{self._where}: keyword {key} has a value this reader cannot parse: "
+                            f"{card[10:].split('/')[0].strip()!r}") from None
 
     def card(self, key: str) -> str | None:
         """The raw 80-character card of `key`, or None."""
@@ -86,6 +101,8 @@ class Header(Mapping[str, Any]):
 def _parse_header(buffer: bytes, start: int, where: str) -> tuple[Header, int]:
     """Keywords of the header at `start` and the offset just after its last block."""
     cards: dict[str, str] = {}
+    continued: set[str] = set()
+    last = ""
     pos = start
     while True:
         block = buffer[pos:pos + BLOCK]
@@ -96,9 +113,12 @@ def _parse_header(buffer: bytes, start: int, where: str) -> tuple[Header, int]:
         for i in range(0, BLOCK, CARD):
             card = text[i:i + CARD]
             if card[8:10] == "= ":
-                cards.setdefault(card[:8].rstrip(), card)
+                last = card[:8].rstrip()
+                cards.setdefault(last, card)
+            elif card.startswith("CONTINUE"):
+                continued.add(last)
             elif card.startswith("END "):
-                return Header(cards), pos
+                return Header(cards, frozenset(continued), where), pos
 
 
 @dataclass(frozen=True)
@@ -138,26 +158,47 @@ class FitsTable:
             raise DataError(f"{self.where}[{self.extname}]: missing column {name}") from None
 
     def raw(self, name: str) -> np.ndarray:
-        """The stored values (big-endian, unscaled), shape (n,) or (n, repeat)."""
+        """The stored values (big-endian, unscaled): shape (n,), (n, repeat) or (n, *TDIM reversed).
+
+        nA strings are (n,) bytes of width n; nL logicals are the stored bytes b'T', b'F' or b'\\0' (undefined).
+        """
         spec = self._spec(name)
-        if spec.code not in _CODES:
-            raise DataError(f"{self.where}[{self.extname}]: column {name} has format {spec.code}, not readable here")
+        if spec.code not in _READABLE:
+            raise DataError(f"{self.where}[{self.extname}]: column {name} has TFORM {spec.repeat}{spec.code} "
+                            f"({_UNREADABLE.get(spec.code, 'unknown')}), which this reader does not read")
         width, base = _CODES[spec.code]
-        shape = (spec.repeat,) if spec.repeat > 1 and spec.code not in "LA" else ()
+        if spec.code == "A":
+            base, shape = f"S{max(spec.repeat, 1)}", self._shape(spec, name, strings=True)
+        else:
+            shape = self._shape(spec, name)
         dtype = np.dtype({"names": ["v"], "formats": [(base, shape) if shape else base],
                           "offsets": [spec.offset], "itemsize": self.row_bytes})
         return np.frombuffer(self.data, dtype=dtype, count=self.n_rows)["v"]
 
+    def _shape(self, spec: _ColumnSpec, name: str, strings: bool = False) -> tuple[int, ...]:
+        """The element shape of a row: () for a scalar or one string, TDIMn reversed (C order) when given."""
+        key = f"TDIM{spec.index}"
+        if key not in self.header:
+            return () if strings or spec.repeat == 1 else (spec.repeat,)
+        if strings:
+            raise DataError(f"{self.where}[{self.extname}]: column {name} is an array of strings ({key}), "
+                            "which this reader does not read")
+        dims = [int(d) for d in re.findall(r"\d+", str(self.header[key]))]
+        if int(np.prod(dims)) != spec.repeat:
+            raise DataError(f"{self.where}[{self.extname}]: column {name} has {key} = {self.header[key]!r}, "
+                            f"not {spec.repeat} elements")
+        return tuple(reversed(dims))
+
     def values(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Values as float64 with TSCAL/TZERO applied; NULLs (TNULL, NaN) are NaN. `rows`: a row mask."""
         spec = self._spec(name)
+        if spec.code in "AL":
+            raise DataError(f"{self.where}[{self.extname}]: column {name} has TFORM {spec.repeat}{spec.code}, "
+                            "not a number")
         raw = self.raw(name)
         if rows is not None:
             raw = raw[rows]
-        try:
-            out = raw.astype(np.float64)
-        except ValueError as exc:
-            raise DataError(f"{self.where}[{self.extname}]: column {name} is not numeric") from exc
+        out = raw.astype(np.float64)
         tnull = self.header.get(f"TNULL{spec.index}")
         if isinstance(tnull, int) and spec.code in "BIJK":
             out[raw == tnull] = np.nan
