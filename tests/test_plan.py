@@ -197,7 +197,8 @@ def test_table_sources_in_every_format_give_the_same_manifest(tmp_path):
     rows = manifests[0].rows
     assert [r.obsid.text for r in rows] == ["10019-01-02-00", "10019-01-01-00", "20019-01-01-00", "30019-01-01-00"]
     assert [r.prnb for r in rows] == [10019, 10019, 20019, 30019]
-    assert manifests[0].meta["source"]["dropped"] == {"duplicate": 0, "slew": 0, "exposure": 1, "time_range": 0, "cone": 1}
+    assert manifests[0].meta["source"]["dropped"] == {"unobserved": 0, "duplicate": 0, "slew": 0, "exposure": 1,
+                                                      "time_range": 0, "cone": 1}
 
 
 def test_bare_obsid_list_plans_with_unknown_exposure_and_drops_slews(tmp_path):

@@ -8,6 +8,7 @@ dropped at planning time would be a gap in the light curve nobody notices.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -21,7 +22,7 @@ from astropy.table import Table
 
 from rxte_hpc import __version__
 from rxte_hpc.archive.local import ensure_simulated
-from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
+from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config, target_key
 from rxte_hpc.core.errors import DataError, RxteError, UsageError
 from rxte_hpc.core.manifest import Manifest, Observation, build_manifest, read_manifest
 from rxte_hpc.core.obsid import InvalidObsID, ObsID, check_cycle, is_pointing
@@ -61,24 +62,43 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def observations_from_table(table: Table, where: str, error: type[RxteError] = DataError) -> list[Observation]:
+#: xtemaster `status` values of observations that happened (the others: accepted, scheduled, ... never observed).
+OBSERVED_STATUSES = ("observed", "processed", "archived")
+
+
+def observations_from_table(table: Table, where: str, error: type[RxteError] = DataError,
+                            dropped: dict[str, int] | None = None) -> list[Observation]:
     """Rows with obsid and cycle (and optionally prnb, target_name, time, exposure, ra, dec) -> Observations.
 
     Column names are matched case-insensitively, xtemaster's `time`/`exposure`
     stand for `time_mjd`/`exposure_s`. A bad row raises `error` naming the row.
+    A catalogue row that was never observed (xtemaster `status` other than
+    observed/processed/archived, typically with no ObsID and masked time) is
+    not an error: it is dropped and counted in `dropped["unobserved"]`. A
+    masked exposure stays NaN (unknown), never 0.
     """
     columns: dict[str, str] = {}
     for name in table.colnames:
         key = name.strip().lower()
         columns.setdefault(_ALIASES.get(key, key), name)
-    for needed in ("obsid", "cycle"):
-        if needed not in columns:
-            raise UsageError(f"{where}: no {needed!r} column (columns: {', '.join(table.colnames) or 'none'})")
+    if "obsid" not in columns:
+        raise UsageError(f"{where}: no 'obsid' column (columns: {', '.join(table.colnames) or 'none'})")
+    if "cycle" not in columns:
+        raise UsageError(
+            f"{where}: no 'cycle' column (columns: {', '.join(table.colnames) or 'none'}); the archive path "
+            "AO<cycle>/P<prnb>/<obsid> needs it: add `cycle` to the query's SELECT list (HEASARC's default "
+            "xtemaster columns omit it; `SELECT *` or the seed's column list include it)"
+        )
     present = [f for f in _FIELDS if f in columns]
+    status_col = columns.get("status")
     out = []
     for i, rec in enumerate(table, start=1):
         values = {f: rec[columns[f]] for f in present}
         raw_obsid = _text(values["obsid"])
+        if status_col is not None and _text(rec[status_col]).lower() not in OBSERVED_STATUSES:
+            if dropped is not None:
+                dropped["unobserved"] = dropped.get("unobserved", 0) + 1
+            continue
         try:
             obsid = ObsID.parse(raw_obsid)
             if _is_missing(values["cycle"]):
@@ -195,6 +215,44 @@ def _angular_sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, cos_sep))))
 
 
+def _assign_target(obs: Observation, config: Config) -> str | None:
+    """Several targets: the configured target whose cone holds the row (the nearest if several), else None.
+
+    A row without a position is matched by name (`ETA_CAR` == `eta car`), since
+    an archive scan knows names but not always positions.
+    """
+    if math.isfinite(obs.ra) and math.isfinite(obs.dec):
+        best: tuple[float, str] | None = None
+        for t in config.targets:
+            assert t.ra is not None and t.dec is not None and t.name
+            sep = _angular_sep_deg(obs.ra, obs.dec, t.ra, t.dec)
+            if sep <= t.radius_deg and (best is None or sep < best[0]):
+                best = (sep, t.name)
+        return best[1] if best else None
+    key = target_key(obs.target_name) if obs.target_name else ""
+    return next((t.name for t in config.targets if t.name and key and target_key(t.name) == key), None)
+
+
+def _warn_mixed_sources(kept: Sequence[Observation], config: Config) -> None:
+    """One target, but rows of several names far apart: they would merge into one light curve."""
+    where: dict[str, tuple[float, float]] = {}
+    for obs in kept:
+        if obs.target_name and math.isfinite(obs.ra) and math.isfinite(obs.dec):
+            where.setdefault(obs.target_name, (obs.ra, obs.dec))
+    limit = max(2 * config.target.radius_deg, 0.2)
+    names = sorted(where)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sep = _angular_sep_deg(*where[a], *where[b])
+            if sep > limit:
+                log.warning(
+                    "plan: the rows hold several sources (%s and %s are %.2f deg apart) but the config has one "
+                    "target: they would merge into one light curve; configure `targets:` (one light curve each)",
+                    a, b, sep,
+                )
+                return
+
+
 def select(observations: Iterable[Observation], config: Config) -> tuple[list[Observation], dict[str, int]]:
     """Apply the plan's cuts where the values are known; count what each cut removed.
 
@@ -202,9 +260,12 @@ def select(observations: Iterable[Observation], config: Config) -> tuple[list[Ob
     time must lie in source.time_range_mjd; with target.ra/dec configured, rows
     with a position must lie in the cone. Unknown (NaN) values pass, since the
     archive scan cannot always know them. The first of duplicate ObsIDs is kept.
+    With several `targets:`, each row goes to the target whose cone holds it
+    (the nearest if several); rows in no cone are dropped (`cone`).
     """
     src, tgt = config.source, config.target
     cone = (tgt.ra, tgt.dec, tgt.radius_deg) if tgt.ra is not None and tgt.dec is not None else None
+    several = bool(config.targets)
     dropped = {"duplicate": 0, "slew": 0, "exposure": 0, "time_range": 0, "cone": 0}
     seen: set[ObsID] = set()
     kept = []
@@ -221,6 +282,12 @@ def select(observations: Iterable[Observation], config: Config) -> tuple[list[Ob
             src.time_range_mjd[0] <= obs.time_mjd <= src.time_range_mjd[1]
         ):
             dropped["time_range"] += 1
+        elif several:
+            name = _assign_target(obs, config)
+            if name is None:
+                dropped["cone"] += 1
+            else:
+                kept.append(dataclasses.replace(obs, target=name))
         elif cone and math.isfinite(obs.ra) and math.isfinite(obs.dec) and (
             _angular_sep_deg(obs.ra, obs.dec, cone[0], cone[1]) > cone[2]
         ):
@@ -230,21 +297,23 @@ def select(observations: Iterable[Observation], config: Config) -> tuple[list[Ob
     for why, n in dropped.items():
         if n:
             log.info("plan: %d ObsID(s) dropped (%s)", n, why)
+    if not several:
+        _warn_mixed_sources(kept, config)
     return kept, dropped
 
 
-def _source(config: Config) -> tuple[list[Observation], dict[str, Any], str]:
-    """Observations, the source's manifest metadata, and how to name it in messages."""
+def _source(config: Config, unobserved: dict[str, int]) -> tuple[list[Observation], dict[str, Any], str]:
+    """Observations, the source's manifest metadata, and how to name it in messages (unobserved rows counted)."""
     src = config.source
     if src.kind == "tap":
         result = query_observations(config)
-        obs = observations_from_table(result.table, f"TAP {result.service}", DataError)
+        obs = observations_from_table(result.table, f"TAP {result.service}", DataError, unobserved)
         return obs, result.meta(), f"the TAP query {result.adql}"
     if src.kind == "table":
         assert src.path is not None  # the config requires it for kind: table
         path = Path(src.path)
         table = read_table_file(path)
-        obs = observations_from_table(table, str(path), UsageError)
+        obs = observations_from_table(table, str(path), UsageError, unobserved)
         return obs, {"kind": "table", "path": str(path), "sha256": _sha256(path), "n_rows": len(table)}, str(path)
     root = Path(ensure_simulated(config, RunPaths(config.run_dir)) if config.archive.root == ARCHIVE_SIMULATED
                 else config.archive.root)
@@ -256,16 +325,29 @@ def _source(config: Config) -> tuple[list[Observation], dict[str, Any], str]:
 
 def plan(config: Config) -> Manifest:
     """Build the manifest for a config (nothing is written): source, cuts, balanced tasks, metadata."""
-    observations, source_meta, described = _source(config)
+    unobserved: dict[str, int] = {}
+    observations, source_meta, described = _source(config, unobserved)
     kept, dropped = select(observations, config)
+    dropped = {"unobserved": unobserved.get("unobserved", 0), **dropped}
     if not kept:
         raise UsageError(f"{config.path}: no ObsIDs left to plan from {described} (dropped: {dropped})")
-    meta = {
+    meta: dict[str, Any] = {
         "tool_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": config.hash(),
         "source": {**source_meta, "dropped": dropped},
     }
+    if unobserved.get("unobserved"):
+        log.info("plan: %d catalogue row(s) never observed (no ObsID), dropped", unobserved["unobserved"])
+    if config.targets:
+        counts = {t.name: 0 for t in config.targets}
+        for obs in kept:
+            counts[obs.target] = counts.get(obs.target, 0) + 1
+        meta["targets"] = [{"name": t.name, "ra": t.ra, "dec": t.dec, "radius_deg": t.radius_deg,
+                            "n_obsids": counts.get(t.name or "", 0)} for t in config.targets]
+        for name, n in counts.items():
+            if not n:
+                log.warning("plan: target %r has no ObsIDs", name)
     return build_manifest(kept, config.tasks.obs_per_task, meta)
 
 
@@ -296,6 +378,9 @@ def describe_plan(config: Config, manifest: Manifest, workers: int | None = None
     dropped = {k: v for k, v in dict(src.get("dropped", {})).items() if v}
     if dropped:
         lines.append("dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
+    for t in manifest.meta.get("targets") or ():
+        lines.append(f"target {t.get('name')}: {t.get('n_obsids')} ObsIDs within {t.get('radius_deg')} deg "
+                     f"of RA {t.get('ra')} Dec {t.get('dec')}")
     n_obs, n_tasks = len(manifest.rows), manifest.n_tasks
     exposures = np.array([r.exposure_s for r in manifest.rows], dtype=float)
     known = np.isfinite(exposures)

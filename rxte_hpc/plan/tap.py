@@ -37,9 +37,11 @@ class TapResult:
     adql: str
     maxrec: int
     query_status: str
+    #: several targets: one query each (target, adql, n_rows, query_status), each checked against maxrec
+    queries: tuple[dict[str, object], ...] = ()
 
     def meta(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "kind": "tap",
             "service": self.service,
             "adql": self.adql,
@@ -47,6 +49,9 @@ class TapResult:
             "n_rows": len(self.table),
             "query_status": self.query_status,
         }
+        if self.queries:
+            out["queries"] = [dict(q) for q in self.queries]
+        return out
 
 
 def adql_number(value: float) -> str:
@@ -92,13 +97,14 @@ def target_position(config: Config) -> tuple[float, float]:
     return float(coord.icrs.ra.deg), float(coord.icrs.dec.deg)
 
 
-def build_adql(config: Config, ra: float, dec: float) -> str:
+def build_adql(config: Config, ra: float, dec: float, radius_deg: float | None = None) -> str:
     """The seed's query: the cone around the target, exposure cut, optional time range, by time."""
     src = config.source
     table = check_table_name(src.table, str(config.path))
+    radius = config.target.radius_deg if radius_deg is None else radius_deg
     where = [
         "contains(point('ICRS',cat.ra,cat.dec), circle('ICRS',"
-        f"{adql_number(ra)},{adql_number(dec)},{adql_number(config.target.radius_deg)}))=1",
+        f"{adql_number(ra)},{adql_number(dec)},{adql_number(radius)}))=1",
         f"cat.exposure > {adql_number(src.min_exposure_s)}",
     ]
     if src.time_range_mjd is not None:
@@ -117,7 +123,7 @@ def _one_line(exc: BaseException) -> str:
     return first[:200]
 
 
-def run_query(service: str, adql: str, maxrec: int) -> TapResult:
+def run_query(service: str, adql: str, maxrec: int, allow_empty: bool = False) -> TapResult:
     """Send the query synchronously; refuse a truncated or failed answer.
 
     pyvo's own overflow warning is recorded rather than raised: the status is
@@ -145,13 +151,43 @@ def run_query(service: str, adql: str, maxrec: int) -> TapResult:
             f"TAP service {service} {why}: the result is truncated at {len(table)} rows; "
             f"raise source.maxrec (now {maxrec}) or narrow the query"
         )
-    if len(table) == 0:
+    if len(table) == 0 and not allow_empty:
         raise UsageError(f"TAP service {service} found no observations; check target/source settings. Query: {adql}")
     return TapResult(table, service, adql, maxrec, status)
 
 
 def query_observations(config: Config) -> TapResult:
-    """Build the ADQL from the config and run it against source.service."""
-    ra, dec = target_position(config)
-    adql = build_adql(config, ra, dec)
-    return run_query(config.source.service, adql, config.source.maxrec)
+    """Build the ADQL from the config and run it against source.service (one query per configured target).
+
+    With several targets each cone is its own query, so the maxrec/OVERFLOW
+    rule holds per query: one crowded field cannot silently truncate another.
+    A target without rows is logged, not an error, unless every target has none.
+    """
+    if not config.targets:
+        ra, dec = target_position(config)
+        adql = build_adql(config, ra, dec)
+        return run_query(config.source.service, adql, config.source.maxrec)
+    from astropy.table import vstack
+
+    results = []
+    for t in config.targets:
+        assert t.ra is not None and t.dec is not None  # the config requires positions for several targets
+        adql = build_adql(config, t.ra, t.dec, t.radius_deg)
+        try:
+            result = run_query(config.source.service, adql, config.source.maxrec, allow_empty=True)
+        except UsageError as exc:
+            raise UsageError(f"target {t.name!r}: {exc}") from None
+        if len(result.table) == 0:
+            log.warning("TAP: no observations of target %r within %g deg", t.name, t.radius_deg)
+        results.append((t, result))
+    tables = [r.table for _, r in results if len(r.table)]
+    if not tables:
+        raise UsageError(f"TAP service {config.source.service} found no observations of any of the "
+                         f"{len(config.targets)} targets; check their positions and radius_deg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # merging metadata of equal columns from several VOTables
+        table = vstack(tables, join_type="outer", metadata_conflicts="silent")
+    queries: tuple[dict[str, object], ...] = tuple({"target": t.name, "adql": r.adql, "n_rows": len(r.table), "query_status": r.query_status}
+                    for t, r in results)
+    status = "OK" if all(r.query_status == "OK" for _, r in results) else ",".join(r.query_status for _, r in results)
+    return TapResult(table, config.source.service, results[0][1].adql, config.source.maxrec, status, queries)
