@@ -187,7 +187,8 @@ def query_observations(config: Config) -> TapResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # merging metadata of equal columns from several VOTables
         table = vstack(tables, join_type="outer", metadata_conflicts="silent")
-    queries: tuple[dict[str, object], ...] = tuple({"target": t.name, "adql": r.adql, "n_rows": len(r.table), "query_status": r.query_status}
-                    for t, r in results)
+    queries: tuple[dict[str, object], ...] = tuple(
+        {"target": t.name, "adql": r.adql, "n_rows": len(r.table), "query_status": r.query_status} for t, r in results
+    )
     status = "OK" if all(r.query_status == "OK" for _, r in results) else ",".join(r.query_status for _, r in results)
     return TapResult(table, config.source.service, results[0][1].adql, config.source.maxrec, status, queries)
