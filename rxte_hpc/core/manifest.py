@@ -105,7 +105,8 @@ class Manifest:
         return self.to_table()
 
     def to_table(self) -> Table:
-        dtypes: tuple[Any, ...] = (np.int64, "U15", np.int64, np.int64, "U64", np.float64, np.float64, np.float64, np.float64, np.int64)
+        f8 = np.float64
+        dtypes: tuple[Any, ...] = (np.int64, "U15", np.int64, np.int64, "U64", f8, f8, f8, f8, np.int64)
         values = [
             [r.index for r in self.rows],
             [r.obsid.text for r in self.rows],
