@@ -14,7 +14,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from astropy.io import fits
@@ -56,12 +56,9 @@ BKG_REMAINING_PER_VLE = 7.91
 
 def std2_abs_ranges() -> tuple[np.ndarray, np.ndarray]:
     """[lo, hi] absolute channels of each Standard-2 bin, from the CPIX grouping."""
-    lo, hi = [0], [4]
-    lo += list(range(5, 54)); hi += list(range(5, 54))
-    lo += list(range(54, 136, 2)); hi += [c + 1 for c in range(54, 136, 2)]
-    lo += list(range(136, 238, 3)); hi += [c + 2 for c in range(136, 238, 3)]
-    lo += list(range(238, 250, 4)); hi += [c + 3 for c in range(238, 250, 4)]
-    lo.append(250); hi.append(255)
+    groups = ((0, 5, 5), (5, 54, 1), (54, 136, 2), (136, 238, 3), (238, 250, 4), (250, 256, 6))  # first, end, width
+    lo = [c for first, end, width in groups for c in range(first, end, width)]
+    hi = [c + width - 1 for first, end, width in groups for c in range(first, end, width)]
     return np.array(lo), np.array(hi)
 
 
@@ -110,7 +107,7 @@ def _bin_energy_edges(epoch: int) -> tuple[np.ndarray, np.ndarray]:
     return a * lo + b, a * (hi + 1) + b
 
 
-def _integrate_bins(shape, epoch: int) -> np.ndarray:
+def _integrate_bins(shape: Callable[[np.ndarray], np.ndarray], epoch: int) -> np.ndarray:
     """∫ shape(E) dE over each Standard-2 bin's energy range, and over [2, 9] keV."""
     grid = np.linspace(0.05, 120.0, 24001)
     cum = np.concatenate([[0.0], np.cumsum(0.5 * (shape(grid[1:]) + shape(grid[:-1])) * np.diff(grid))])
@@ -128,7 +125,7 @@ def _layer_split(energy: np.ndarray, top: float, slope: float) -> np.ndarray:
 @lru_cache(maxsize=None)
 def source_fractions(epoch: int) -> np.ndarray:
     """(3 layers, 129) share of the 2-9 keV source rate per Standard-2 bin (read-only)."""
-    def spectrum(e):  # absorbed hot plasma + 6.7 keV iron line
+    def spectrum(e: np.ndarray) -> np.ndarray:  # absorbed hot plasma + 6.7 keV iron line
         return e**-0.5 * np.exp(-e / 4.0) * np.exp(-12.0 * e**-2.6) + 0.02 * np.exp(-0.5 * ((e - 6.7) / 0.15) ** 2)
 
     e_lo, e_hi = _bin_energy_edges(epoch)
@@ -140,7 +137,7 @@ def source_fractions(epoch: int) -> np.ndarray:
 @lru_cache(maxsize=None)
 def background_fractions(epoch: int) -> np.ndarray:
     """(3 layers, 129) share of the 2-9 keV background rate per Standard-2 bin (read-only)."""
-    def spectrum(e):  # particle continuum, soft excess, 30 keV bump
+    def spectrum(e: np.ndarray) -> np.ndarray:  # particle continuum, soft excess, 30 keV bump
         return 1.0 + 2.5 * np.exp(-e / 2.5) + 0.8 * np.exp(-0.5 * ((e - 30.0) / 6.0) ** 2)
 
     out = _integrate_bins(spectrum, epoch)[None, :] * np.array([[0.45], [0.30], [0.25]])
@@ -148,7 +145,8 @@ def background_fractions(epoch: int) -> np.ndarray:
     return out
 
 
-def _expected(time_met, std2_mask, layers, fractions, norm) -> np.ndarray:
+def _expected(time_met: np.ndarray, std2_mask: np.ndarray, layers: Sequence[int],
+              fractions: Callable[[int], np.ndarray], norm: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     time_met = np.asarray(time_met, dtype=float)
     mask = np.asarray(std2_mask, dtype=bool)
     if mask.shape != (N_STD2,):
@@ -163,12 +161,12 @@ def _expected(time_met, std2_mask, layers, fractions, norm) -> np.ndarray:
     return norm(time_met) * share
 
 
-def expected_source_rate(time_met, std2_mask, layers: Sequence[int] = LAYERS) -> np.ndarray:
+def expected_source_rate(time_met: np.ndarray, std2_mask: np.ndarray, layers: Sequence[int] = LAYERS) -> np.ndarray:
     """Model source counts/s per live PCU in the selected bins and layers at absolute MET."""
     return _expected(time_met, std2_mask, layers, source_fractions, source_rate_2_9)
 
 
-def expected_background_rate(time_met, std2_mask, layers: Sequence[int] = LAYERS) -> np.ndarray:
+def expected_background_rate(time_met: np.ndarray, std2_mask: np.ndarray, layers: Sequence[int] = LAYERS) -> np.ndarray:
     """Model background counts/s per live PCU in the selected bins and layers at absolute MET."""
     return _expected(time_met, std2_mask, layers, background_fractions, background_rate_2_9)
 
@@ -208,7 +206,8 @@ def bad_rows(time_raw: np.ndarray, pcu_on: np.ndarray) -> np.ndarray:
     return bad
 
 
-def dead_time_columns(xe_cnt, vp_cnt, remaining_cnt, vle_cnt, vle_setting, bad) -> dict[str, np.ndarray]:
+def dead_time_columns(xe_cnt: np.ndarray | float, vp_cnt: np.ndarray | float, remaining_cnt: np.ndarray | float,
+                      vle_cnt: np.ndarray | float, vle_setting: np.ndarray | int, bad: np.ndarray) -> dict[str, np.ndarray]:
     """pcadeadcalc2's per-PCU dead-time quantities (arrays (n, 5)), RXTE-PCA.md spec item 9."""
     on_time = np.where(bad, 0.0, TIMEDEL)
     tau = TAU_VLE[np.clip(np.asarray(vle_setting, dtype=int), 0, 3)]
@@ -285,12 +284,12 @@ def _hk_pcu_on(hk_dir: Path, time_raw: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return on, vle
 
 
-def _spectra(data, prefix: str = "") -> np.ndarray:
+def _spectra(data: Any, prefix: str = "") -> np.ndarray:
     """(n, 5, 6, 129) spectra in PCU, ANODES order."""
     return np.stack([np.stack([np.asarray(data[f"{a}SpecPcu{p}"]) for a in ANODES], axis=1) for p in range(N_PCU)], axis=1)
 
 
-def _added_columns(on, bad, dead, vle_setting) -> list[Col]:
+def _added_columns(on: np.ndarray, bad: np.ndarray, dead: dict[str, np.ndarray], vle_setting: np.ndarray) -> list[Col]:
     """pcadeadcalc2's columns: PCUn_ON, NUM_PCU_ON, then per PCU Bad/Breakdown/VLEDesc and dead time."""
     n = len(on)
     cols = [Col(f"PCU{p}_ON", "B", np.where(on[:, p] < 0, 255, on[:, p]).astype(np.uint8), tnull=255) for p in range(N_PCU)]
@@ -342,7 +341,7 @@ def prepare_obsid(obsid_dir: Path, outdir: Path) -> None:
         hk = sorted((obsid_dir / "pca").glob("FH5[abcde]_*"))
         (outdir / "FP_pcahk.lis").write_text("".join(f"{p}\n" for p in hk))
         std2 = sorted(p for p in (obsid_dir / "pca").glob("FS4a*") if _STD2_RE.match(p.name))
-        lists = {"FP_std2.lis": [], "FP_bkg2.lis": [], "FP_dtstd2.lis": [], "FP_dtbkg2.lis": []}
+        lists: dict[str, list[str]] = {"FP_std2.lis": [], "FP_bkg2.lis": [], "FP_dtstd2.lis": [], "FP_dtbkg2.lis": []}
         for path in std2:
             base = outdir / path.name.removesuffix(".gz")
             _prepare_file(path, obsid_dir / "pca", base)
@@ -371,7 +370,8 @@ def _prepare_file(path: Path, hk_dir: Path, base: Path) -> None:
         time_raw = np.asarray(data["Time"], dtype=float)
         timezero = read_timezero(sa.header)
         spectra = _spectra(data)
-        rates = {name: np.stack([np.asarray(data[f"{name}Pcu{p}"], dtype=float) for p in range(N_PCU)], axis=1) for name in ALL_RATES}
+        rates = {name: np.stack([np.asarray(data[f"{name}Pcu{p}"], dtype=float) for p in range(N_PCU)], axis=1)
+                 for name in ALL_RATES}
     on, vle_setting = _hk_pcu_on(hk_dir, time_raw)
     bad = bad_rows(time_raw, on)
     zeroed = np.where(bad[:, :, None, None], 0, spectra)
@@ -391,7 +391,8 @@ def _prepare_file(path: Path, hk_dir: Path, base: Path) -> None:
     live = np.full(bad.shape, TIMEDEL)
     for _ in range(2):  # the background's own Xe counts enter its dead time; converges at once
         counts = bkg_rate[:, None] * live[:, :, None, None]
-        live = dead_time_columns(counts.sum(axis=(2, 3)), bkg_vp, bkg_rem, rates["VLECnt"], vle_setting, np.zeros_like(bad))["LiveTime"]
+        live = dead_time_columns(counts.sum(axis=(2, 3)), bkg_vp, bkg_rem, rates["VLECnt"], vle_setting,
+                                 np.zeros_like(bad))["LiveTime"]
     counts = (bkg_rate[:, None] * live[:, :, None, None]).astype(np.float32)
     keep = ("TIMESYS", "TIMEUNIT", "MJDREFI", "MJDREFF", "TIMEPIXR", "TSTART", "TSTOP", "TIMEZERO", "TIMEDEL", "DELTAT",
             "OBJECT", "OBS_ID", "TELESCOP", "INSTRUME", "DATAMODE", "HDUCLASS", "HDUCLAS1", "RA_OBJ", "DEC_OBJ")

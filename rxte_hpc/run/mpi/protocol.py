@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 from rxte_hpc.core.errors import RxteError, UsageError
 from rxte_hpc.core.status import FINISHED
@@ -198,7 +198,7 @@ class Dispatcher:
                 self._ranks[rank] = dataclasses.replace(state, last_seen=time.monotonic())
 
     def _request(self, rank: int, message: object) -> None:
-        kind, report = message  # type: ignore[misc]
+        kind, report = cast("tuple[str, RankReport]", message)  # TAG_REQUEST's payload
         with self._lock:
             state = self._ranks[rank]
             if state.state == "dead":
