@@ -47,8 +47,8 @@ def _backend(base: Path, archive: Path, obs_per_task: int) -> str:
     """native when it runs here (it needs its module and prepared products), else stdprod."""
     probe = _config(base, "probe", archive, "native", obs_per_task)
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from rxte_hpc.cli import _check_backend; from rxte_hpc.core.config import load_config;"
-         " _check_backend(load_config(sys.argv[1]))", str(probe)],
+        [sys.executable, "-c", "import sys; from rxte_hpc.extract import check_backend;"
+         " from rxte_hpc.core.config import load_config; check_backend(load_config(sys.argv[1]))", str(probe)],
         capture_output=True,
         text=True,
     )
