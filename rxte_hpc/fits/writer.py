@@ -12,6 +12,7 @@ al. 2012), which astropy (`checksum=True`), fitsverify and CFITSIO verify.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -40,7 +41,7 @@ class CardError(ValueError):
 _KEYWORD_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
-def _format_value(value) -> str:
+def _format_value(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return ("T" if value else "F").rjust(20)
     if isinstance(value, (int, np.integer)):
@@ -79,7 +80,7 @@ def _long_string_cards(key: str, value: str, comment: str) -> str:
     return "".join(cards)
 
 
-def _card_text(key: str, value, comment: str = "") -> str:
+def _card_text(key: str, value: Any, comment: str = "") -> str:
     """One header card (80 characters), or several for a long string value."""
     if len(key) > 8 or not set(key) <= _KEYWORD_OK:
         raise CardError(f"not a plain FITS keyword: {key!r}")

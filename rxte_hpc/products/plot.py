@@ -13,12 +13,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from rxte_hpc.core.fsutil import atomic_path
 from rxte_hpc.core.manifest import Manifest
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +54,11 @@ class ExposurePoints:
     state: np.ndarray
 
 
-def mjd_to_year(mjd: np.ndarray | float) -> np.ndarray:
+def mjd_to_year(mjd: ArrayLike) -> np.ndarray:
     return 2000.0 + (np.asarray(mjd, dtype=float) - _J2000_MJD) / _JULIAN_YEAR
 
 
-def year_to_mjd(year: np.ndarray | float) -> np.ndarray:
+def year_to_mjd(year: ArrayLike) -> np.ndarray:
     return _J2000_MJD + (np.asarray(year, dtype=float) - 2000.0) * _JULIAN_YEAR
 
 
@@ -78,7 +82,7 @@ def envelope(x: np.ndarray, y: np.ndarray, n_bins: int = MAX_POINTS) -> tuple[np
     return centre, mean, np.minimum.reduceat(y, starts), np.maximum.reduceat(y, starts)
 
 
-def _draw_series(ax, s: Series, colour: str) -> None:
+def _draw_series(ax: Axes, s: Series, colour: str) -> None:
     year = mjd_to_year(s.mjd + 0.5 * s.timedel / 86400.0)  # bin centres
     finite = np.isfinite(s.value)
     if finite.sum() <= MAX_POINTS:
@@ -95,7 +99,7 @@ def _draw_series(ax, s: Series, colour: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def _draw_exposure(ax, e: ExposurePoints) -> None:
+def _draw_exposure(ax: Axes, e: ExposurePoints) -> None:
     known = np.isfinite(e.mjd) & np.isfinite(e.exposure_s)
     year = mjd_to_year(e.mjd)
     for state, colour in _STATE_COLOURS.items():

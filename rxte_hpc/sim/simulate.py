@@ -308,10 +308,10 @@ def _filter_file(obs: SimObs, tl: _Timeline) -> bytes:
     nul = tl.null_rows
     t_abs = tl.time_raw + TIMEZERO
 
-    def b(values):
+    def b(values: np.ndarray) -> np.ndarray:
         return np.where(nul, 255, values).astype(np.uint8)
 
-    def e(values):
+    def e(values: np.ndarray) -> np.ndarray:
         return np.where(nul, np.nan, values).astype(np.float32)
 
     cols = [Col("Time", "D", tl.time_raw, "s"), Col("ELV", "E", e(tl.elv), "deg"), Col("OFFSET", "E", e(tl.offset), "deg"),
@@ -437,7 +437,7 @@ def simulate_archive(outdir: Path, n_obs: int = 200, seed: int = 1, with_broken:
         raise ValueError(f"n_obs must be at least 1, not {n_obs}")
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
-    work = [(obs, None) for obs in campaign(n_obs, seed)]
+    work: list[tuple[SimObs, str | None]] = [(obs, None) for obs in campaign(n_obs, seed)]
     if with_broken:
         work += _broken_obs([w[0] for w in work])
     jobs = [(root, obs, seed, i, kind) for i, (obs, kind) in enumerate(work)]
@@ -450,7 +450,7 @@ def simulate_archive(outdir: Path, n_obs: int = 200, seed: int = 1, with_broken:
     observations = tuple(obs for obs, _ in work)
     _write_master(root / "xtemaster.ecsv", observations, seed)
     Table(rows=truth, names=list(truth[0])).write(root / "sim_truth.ecsv", format="ascii.ecsv", overwrite=True)
-    broken = MappingProxyType({str(obs.obsid): BROKEN_KINDS[kind] for obs, kind in work if kind})
+    broken = MappingProxyType({str(obs.obsid): BROKEN_KINDS[kind] for obs, kind in work if kind is not None})
     log.info("simulated %d ObsIDs under %s (%d broken)", len(observations), root, len(broken))
     return SimArchive(root=root, observations=observations, broken=broken)
 
