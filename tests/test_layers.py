@@ -278,7 +278,8 @@ def entry_points(package: Path) -> set[str]:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 continue
-            for name in re.findall(rf"-m\s+({top}(?:\.\w+)*)", text):
+            # `python -m pkg.mod` in a script, or "-m", "pkg.mod" in an argv list
+            for name in re.findall(rf"-m['\"]?\s*,?\s*['\"]?({top}(?:\.\w+)*)", text):
                 found |= {name, f"{name}.__main__"}
     pyproject = package.parent / "pyproject.toml"
     if pyproject.is_file():
@@ -564,6 +565,19 @@ def test_cli_imports_long_modules_and_test_only_modules_are_found(tmp_path):
 def test_a_module_that_does_not_parse_is_reported(tmp_path):
     package = _plant(tmp_path, {**GOOD, "pkg/core/obsid.py": "def f(:\n"})
     assert [e.split(":")[-1].strip() for e in build_graph(package).syntax_errors] != []
+
+
+def test_python_dash_m_targets_are_entry_points(tmp_path):
+    package = _plant(tmp_path, {
+        **GOOD,
+        "pkg/run/spawn.py": "import sys\nCMD = [sys.executable, '-m', 'pkg.run.rank']\n",
+        "pkg/run/rank.py": "",
+        "pkg/run/templates/job.sbatch": "exec python -m pkg.run.other\n",
+        "pkg/run/other.py": "",
+        "pkg/api.py": GOOD["pkg/api.py"] + "from pkg.run import spawn\n",
+    })
+    assert {"pkg.run.rank", "pkg.run.other"} <= entry_points(package)
+    assert unreachable_modules(build_graph(package), package, (tmp_path / "tests",)) == []
 
 
 def test_dynamic_imports_by_name_are_edges(tmp_path):
