@@ -92,8 +92,8 @@ class RunPaths:
 
     @property
     def status_index(self) -> Path:
-        """The status summary cache (core/status.py): a file beside the shard folders, never trusted blindly."""
-        return self.status_dir / "index.json"
+        """The status records' checked cache (core/statusindex.py); hidden, outside status/ (not a record)."""
+        return self.root / ".status-index"
 
     # ---------------------------------------------------------------- per-ObsID files
 

@@ -1,7 +1,7 @@
 """Read every status record of a run with far fewer opens than records, and never a stale one.
 
 The per-ObsID records (`status/<shard>/<obsid>.json`, written by atomic rename
-by their worker) stay the only truth. `status/index.json` is a cache that the
+by their worker) stay the only truth. `<run_dir>/.status-index` is a cache that the
 *readers* (`status`, `rerun`, `gather`) write after reading records: for each
 shard folder it keeps the folder's mtime, the inode number of every record
 file in it, and the parsed records. A later reader lists each shard folder
