@@ -19,10 +19,9 @@ from rxte_hpc.extract.gti import (
     intervals_from_flags,
     parse_filter,
     read_filter_gti,
-    row_flags_from_hdu,
     select_rows,
-    write_gti_file,
 )
+from filterkit import row_flags_from_hdu, write_gti_file
 
 NAN = np.nan
 

@@ -31,10 +31,10 @@ from rxte_hpc.extract.base import Extractor
 from rxte_hpc.extract.prepare import BACKGROUND_LIST, DONE_FILE, SOURCE_LIST, has_standard2, prepare_into, read_list
 from rxte_hpc.extract.filterexpr import FilterExpr, parse_filter
 from rxte_hpc.core.intervals import intersect, union
-from rxte_hpc.extract.gti import DEFAULT_FRACTION, intervals_from_flags, row_flags_from_table, select_rows
+from rxte_hpc.extract.gti import filter_gti, select_rows
 from rxte_hpc.fits.tableio import FitsTable, find_table, read_tables
 from rxte_hpc.extract.std2 import (ChannelBand, band_keywords, bins_for_channels, channel_map_from_header, parse_layerlist,
-                                   parse_pculist, pcu0_energies, resolve_band)
+                                   parse_pculist, pcu0_energies, resolve_band, spectral_columns)
 
 log = logging.getLogger(__name__)
 
@@ -133,32 +133,6 @@ def net_rates(c: np.ndarray, live: np.ndarray, cb: np.ndarray, live_b: np.ndarra
         }
 
 
-# ---------------------------------------------------------------- filter file
-def screen_filter_file(path: Path, expr: FilterExpr) -> np.ndarray:
-    """`gti.filter_gti` (maketime) through the fast reader: absolute [start, stop) intervals.
-
-    Same rules: only the expression's columns are read, integer TNULLs and NaN
-    are NULL, fndssp with the table's PREFR/POSTFR or 0.5, TIMEZERO added.
-    astropy's table set-up alone took as long as the whole extraction.
-    """
-    tables = read_tables(path)
-    table = next((t for t in tables if t.extname.upper() == "XTE_MKF"), tables[0] if tables else None)
-    if table is None:
-        raise DataError(f"{path}: no binary table (expected the XTE_MKF extension of a filter file)")
-    flags = row_flags_from_table(table, expr)  # CFITSIO's column types: integer columns stay integers
-    fractions = []
-    for key in ("PREFR", "POSTFR"):
-        try:
-            value = float(table.header.get(key, DEFAULT_FRACTION))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{path}: keyword {key} is not a number") from exc
-        if not 0.0 <= value <= 1.0:
-            raise DataError(f"{path}: keyword {key}={value} is outside 0-1")
-        fractions.append(value)
-    raw = intervals_from_flags(table.values("Time"), flags, *fractions)
-    return absolute_times(raw, table.header).reshape(-1, 2)
-
-
 # ---------------------------------------------------------------- one file
 def _channel_maps(table: FitsTable, names: Sequence[str]) -> list[np.ndarray]:
     """Each column's Standard-2 channel map, parsing each distinct CPIX string once."""
@@ -202,11 +176,11 @@ def read_file_rows(path: Path, user_gti: np.ndarray, sel: Selection) -> FileRows
             live += np.where(np.isnan(values), 0.0, values)
         counts = np.zeros((len(sel.bands), len(live)))
         bands: list[tuple[ChannelBand, int, int]] = []
-        all_names = [f"X{layer}{side}SpecPcu{pcu}" for pcu in sel.pcus for layer in sel.layers for side in "LR"]
+        all_names = spectral_columns(sel.pcus, sel.layers)
         maps = dict(zip(all_names, _channel_maps(data, all_names)))
         resolved = [band_for_pcus(band, sel.pcus, start) for band in sel.bands]  # one range for every PCU
         for pcu in sel.pcus:
-            names = [f"X{layer}{side}SpecPcu{pcu}" for layer in sel.layers for side in "LR"]
+            names = spectral_columns((pcu,), sel.layers)
             groups: list[tuple[np.ndarray, np.ndarray]] = []  # (channel map, spectra summed over its columns)
             for name, cmap in ((n, maps[n]) for n in names):
                 spectra = data.counts(name, keep)
@@ -373,7 +347,7 @@ class NativeExtractor(Extractor):
         filters = sorted(prepared.glob("FP_*.xfl")) or sorted(prepared.glob("FP_*.xfl.gz"))
         if not filters:
             raise DataError(f"{obsid}: no filter file FP_*.xfl in {prepared}: rerun pcaprepobsid")
-        gti = union(*[screen_filter_file(path, expr) for path in filters])
+        gti = union(*[filter_gti(path, expr) for path in filters])  # maketime, with CFITSIO's semantics
         if not len(gti):
             raise NoDataError(f"{obsid}: every filter row fails {expr.text}")
         return gti
