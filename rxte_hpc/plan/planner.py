@@ -8,7 +8,6 @@ dropped at planning time would be a gap in the light curve nobody notices.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -90,12 +89,13 @@ def observations_from_table(table: Table, where: str, error: type[RxteError] = D
             "xtemaster columns omit it; `SELECT *` or the seed's column list include it)"
         )
     present = [f for f in _FIELDS if f in columns]
-    status_col = columns.get("status")
+    cells = {f: _cells(table, columns[f]) for f in present}  # plain Python values, masked -> None: 20x faster
+    statuses = _cells(table, columns["status"]) if "status" in columns else None
     out = []
-    for i, rec in enumerate(table, start=1):
-        values = {f: rec[columns[f]] for f in present}
+    for i in range(1, len(table) + 1):
+        values = {f: cells[f][i - 1] for f in present}
         raw_obsid = _text(values["obsid"])
-        if status_col is not None and _text(rec[status_col]).lower() not in OBSERVED_STATUSES:
+        if statuses is not None and _text(statuses[i - 1]).lower() not in OBSERVED_STATUSES:
             if dropped is not None:
                 dropped["unobserved"] = dropped.get("unobserved", 0) + 1
             continue
@@ -120,6 +120,16 @@ def observations_from_table(table: Table, where: str, error: type[RxteError] = D
             )
         )
     return out
+
+
+def _cells(table: Table, name: str) -> list[Any]:
+    """A column's values as Python objects, None where masked."""
+    col = table[name]
+    mask = getattr(col, "mask", None)
+    values = (col.data.data if mask is not None else np.asarray(col)).tolist()
+    if mask is not None and np.any(mask):
+        return [None if m else v for v, m in zip(values, np.asarray(mask).tolist())]
+    return values
 
 
 def read_table_file(path: Path) -> Table:
@@ -215,22 +225,37 @@ def _angular_sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, cos_sep))))
 
 
-def _assign_target(obs: Observation, config: Config) -> str | None:
-    """Several targets: the configured target whose cone holds the row (the nearest if several), else None.
+def _assign_targets(observations: Sequence[Observation], config: Config) -> list[str | None]:
+    """Several targets: per row, the configured target whose cone holds it (the nearest if several), else None.
 
     A row without a position is matched by name (`ETA_CAR` == `eta car`), since
-    an archive scan knows names but not always positions.
+    an archive scan knows names but not always positions. Vectorised: 100,000
+    rows against a few targets in a few milliseconds.
     """
-    if math.isfinite(obs.ra) and math.isfinite(obs.dec):
-        best: tuple[float, str] | None = None
-        for t in config.targets:
-            assert t.ra is not None and t.dec is not None and t.name
-            sep = _angular_sep_deg(obs.ra, obs.dec, t.ra, t.dec)
-            if sep <= t.radius_deg and (best is None or sep < best[0]):
-                best = (sep, t.name)
-        return best[1] if best else None
-    key = target_key(obs.target_name) if obs.target_name else ""
-    return next((t.name for t in config.targets if t.name and key and target_key(t.name) == key), None)
+    n = len(observations)
+    ra = np.radians(np.array([o.ra for o in observations], dtype=float))
+    dec = np.radians(np.array([o.dec for o in observations], dtype=float))
+    best = np.full(n, np.inf)
+    which = np.full(n, -1)
+    for k, t in enumerate(config.targets):
+        assert t.ra is not None and t.dec is not None
+        r0, d0 = math.radians(t.ra), math.radians(t.dec)
+        cos_sep = np.sin(dec) * math.sin(d0) + np.cos(dec) * math.cos(d0) * np.cos(ra - r0)
+        with np.errstate(invalid="ignore"):
+            sep = np.degrees(np.arccos(np.clip(cos_sep, -1.0, 1.0)))
+            hit = (sep <= t.radius_deg) & (sep < best)
+        best = np.where(hit, sep, best)
+        which = np.where(hit, k, which)
+    names = [t.name for t in config.targets]
+    by_key = {target_key(t.name): t.name for t in config.targets if t.name}
+    located = np.isfinite(ra) & np.isfinite(dec)
+    out: list[str | None] = []
+    for i, obs in enumerate(observations):
+        if located[i]:
+            out.append(names[which[i]] if which[i] >= 0 else None)
+        else:
+            out.append(by_key.get(target_key(obs.target_name)) if obs.target_name else None)
+    return out
 
 
 def _warn_mixed_sources(kept: Sequence[Observation], config: Config) -> None:
@@ -269,7 +294,9 @@ def select(observations: Iterable[Observation], config: Config) -> tuple[list[Ob
     dropped = {"duplicate": 0, "slew": 0, "exposure": 0, "time_range": 0, "cone": 0}
     seen: set[ObsID] = set()
     kept = []
-    for obs in observations:
+    observations = list(observations)
+    assigned = _assign_targets(observations, config) if several else [None] * len(observations)
+    for obs, name in zip(observations, assigned):
         if obs.obsid in seen:
             dropped["duplicate"] += 1
             continue
@@ -283,11 +310,11 @@ def select(observations: Iterable[Observation], config: Config) -> tuple[list[Ob
         ):
             dropped["time_range"] += 1
         elif several:
-            name = _assign_target(obs, config)
             if name is None:
                 dropped["cone"] += 1
             else:
-                kept.append(dataclasses.replace(obs, target=name))
+                kept.append(Observation(obs.obsid, obs.cycle, obs.target_name, obs.time_mjd, obs.exposure_s,
+                                        obs.ra, obs.dec, name))
         elif cone and math.isfinite(obs.ra) and math.isfinite(obs.dec) and (
             _angular_sep_deg(obs.ra, obs.dec, cone[0], cone[1]) > cone[2]
         ):
