@@ -286,3 +286,26 @@ def test_gzipped_simulated_filter_file_reads_like_cfitsio(filter_files: list[Pat
                  "NUM_PCU_ON/2 == 1 || ELECTRON2 < 0.1"):
         assert _check(path, expr) == ""
         assert _ours(path, expr)[0], f"{expr!r} selects no row: the check would prove little"
+
+
+@pytest.mark.parametrize("expr", ["(ELV > 4) && (NUM_PCU_ON > 1d3)", "ELV{-1} > 4", "ISNULL (ELV)", "ELV .Ge. 4"])
+def test_a_filter_outside_the_language_stops_the_run_before_any_task(tmp_path: Path, capsys, expr: str) -> None:
+    """CFITSIO would run these (or reads them otherwise): refused with exit 2 before any ObsID is touched."""
+    import yaml
+
+    from rxte_hpc.cli import main
+
+    archive = simulate_archive(tmp_path / "archive", n_obs=2, seed=16)
+    demo = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    demo.update(run_dir=str(tmp_path / "run"), archive={"root": str(archive.root)},
+                scratch={"root": str(tmp_path / "scratch")})
+    demo.pop("simulate", None)
+    demo["extract"].update(backend="native", prepared=str(Path(archive.root) / "prepared"), filter=expr)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(demo))
+    capsys.readouterr()  # the simulator's own log line
+    assert main(["run", str(config), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "extract.filter" in err[0] and repr(expr) in err[0], err
+    run = tmp_path / "run"
+    assert not any(p.is_file() for d in ("lc", "status") if (run / d).exists() for p in (run / d).rglob("*"))
