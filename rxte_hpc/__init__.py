@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from rxte_hpc.core.version import __version__
 __all__ = ["Campaign", "Product", "Products", "__version__"]
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from rxte_hpc import __version__
+from rxte_hpc.core.version import __version__
 from rxte_hpc.api import Campaign, Products
 from rxte_hpc.core.errors import Interrupted, RxteError, UsageError
 from rxte_hpc.core.status import RunSummary, format_counts

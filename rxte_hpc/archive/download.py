@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, TypeVar
 
-from rxte_hpc import __version__
+from rxte_hpc.core.version import __version__
 from rxte_hpc.archive.listing import COMPLETE_MARKER, MAX_LISTING_BYTES, is_reserved, parse_index, validate_base_url
 from rxte_hpc.core.safepath import safe_relpath
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from astropy.table import Table
 
-from rxte_hpc import __version__
+from rxte_hpc.core.version import __version__
 from rxte_hpc.archive.local import ensure_simulated
 from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config, target_key
 from rxte_hpc.core.errors import DataError, RxteError, UsageError

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from rxte_hpc import __version__
+from rxte_hpc.core.version import __version__
 from rxte_hpc.core.config import BandConfig, Config
 from rxte_hpc.core.manifest import Manifest
 from rxte_hpc.fits.lcfile import LightCurve, extraction_keywords

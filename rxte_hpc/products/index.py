@@ -18,7 +18,7 @@ from typing import Sequence
 
 from astropy.table import Table
 
-from rxte_hpc import __version__
+from rxte_hpc.core.version import __version__
 from rxte_hpc.core.fsutil import atomic_path
 
 log = logging.getLogger(__name__)

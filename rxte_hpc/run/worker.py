@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, TextIO
 
-from rxte_hpc import __version__
+from rxte_hpc.core.version import __version__
 from rxte_hpc.archive.factory import open_archive
 from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import DataError, Interrupted, NoDataError, RxteError, SiteError
