@@ -344,10 +344,12 @@ def test_long_run_dir_path_works_through_the_worker(tmp_path):
     manifest = build_manifest(observations, 4, {"source": {"kind": "test"}})
     environ = {**os.environ, "HEADAS": str(STANDIN)}
     records = run_task(config, manifest, 0, extractor_factory=lambda ctx: HeasoftExtractor(ctx, environ=environ))
-    assert [r.state for r in records] == ["done"] * len(observations)
+    assert [r.state for r in records] == ["done"] * len(observations), [(r.obsid, r.state, r.error) for r in records]
     for r in records:
         assert (run_dir / r.output).is_file()
-        assert "bin/pcaextlc2" in paths.log(r.obsid).read_text()
+        text = paths.log(r.obsid).read_text()
+        assert "bin/pcaextlc2" in text
+        assert "# heasoftpy: pcaextlc2 task object" in text  # runner auto, heasoftpy installed: through it
 
 
 @pytest.mark.slow

@@ -145,8 +145,11 @@ class HspCaller(TaskCaller):
             hsp_task(noprompt=True, allow_failure=True, verbose=0, **kwargs)
         except core.HSPTaskException as exc:
             raise DataError(f"{task}: heasoftpy: {str(exc).strip().splitlines()[0]}") from exc
-        except ValueError as exc:  # a value heasoftpy cannot convert to the parameter's type
-            raise UsageError(f"{task}: {exc}") from exc
+        except (ValueError, IndexError) as exc:
+            if hsp_task.rx_run is None:  # before the run: a value heasoftpy cannot convert to the parameter's type
+                raise UsageError(f"{task}: {exc}") from exc
+            # after the run heasoftpy re-reads the .par the task wrote back; the run's own checks still decide
+            log.warning("%s: heasoftpy could not re-read the task's parameter file afterwards (%s)", task, exc)
         if hsp_task.rx_run is None:
             raise DataError(f"{task}: heasoftpy returned without running the task")
         return hsp_task.rx_run
