@@ -26,7 +26,8 @@ def observations(n: int, seed: int = 0, nan_every: int = 0) -> list[Observation]
         exposure = float(rng.lognormal(np.log(1600), 0.6))
         if nan_every and i % nan_every == 0:
             exposure = math.nan
-        out.append(Observation(ObsID(f"10019-01-{i // 100:02d}-{i % 100:02d}"), 1, "ETA_CAR", 50200.0 + i, exposure, 161.26, -59.68))
+        obsid = ObsID(f"10019-01-{i // 100:02d}-{i % 100:02d}")
+        out.append(Observation(obsid, 1, "ETA_CAR", 50200.0 + i, exposure, 161.26, -59.68))
     return out
 
 
