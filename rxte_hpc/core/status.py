@@ -18,7 +18,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.manifest import Manifest
@@ -127,7 +127,7 @@ def parse_record(data: bytes, expected_obsid: str | None = None) -> tuple[list[A
     return fields, None
 
 
-def _record(fields: list[Any]) -> StatusRecord:
+def _record(fields: Sequence[Any]) -> StatusRecord:
     """A StatusRecord from validated fields, without the dataclass __init__ (100,000 of these per `status`)."""
     rec = object.__new__(StatusRecord)
     values = dict(zip(_NAMES, fields))
@@ -219,7 +219,7 @@ class ObsState(NamedTuple):
     obsid: str
     task: int
     state: str
-    fields: list[Any] | None  # the record's fields (StatusRecord order), None without a readable record
+    fields: Sequence[Any] | None  # the record's fields (StatusRecord order), None without a readable record
     target: str = ""
     unreadable: str | None = None  # why the record file was treated as missing
 

@@ -1,35 +1,33 @@
 """Read every status record of a run with far fewer opens than records, and never a stale one.
 
 The per-ObsID records (`status/<shard>/<obsid>.json`, written by atomic rename
-by their worker) stay the only truth. `<run_dir>/.status-index` is a cache that the
-*readers* (`status`, `rerun`, `gather`) write after reading records: for each
-shard folder it keeps the folder's mtime, the inode number of every record
-file in it, and the parsed records. A later reader lists each shard folder
-(one `stat` and one `readdir` per shard: 256 of each, no per-record open or
-stat, since `readdir` gives names and inode numbers) and trusts a shard's
-cached records only when
+by their worker) stay the only truth. `<run_dir>/.status-index` is a cache that
+the *readers* (`status`, `rerun`, `gather`) write after reading records: for
+each shard folder of `status/` it keeps the folder's mtime and the parsed
+records, for each shard folder of `lc/` its mtime and the light curves in it.
+A later reader `stat`s each shard folder (512 stats, no per-record open or
+stat) and uses a cached shard only when
 
-1. the folder's mtime (ns) is the one recorded: every publication is a rename
-   into that folder, and a rename updates the folder's mtime;
-2. every record file has the inode number recorded: a rename publishes a
-   *new* file, so a rewritten record has another inode even when the folder's
-   mtime did not move (two renames in one clock tick);
-3. the shard was quiet before it was read: its mtime was more than
-   `GRACE_NS` older than the moment the reading started (the mtime of the
-   index's temporary file, created first, so both times come from the
-   filesystem's clock). A rename after the reading started therefore sets the
-   folder's mtime to a later value than the recorded one, however coarse the
-   filesystem's timestamps (1 s on some): the "racy git" rule. Shards written
-   to within the grace period are simply not cached and are read again next
-   time.
+1. the folder's mtime (ns) is the one recorded: every publication, removal or
+   replacement of a file in the folder is a rename/unlink in it, and that
+   updates the folder's mtime;
+2. the shard was quiet before it was read: its mtime was more than `GRACE_NS`
+   older than the moment the reading started (the mtime of the index's
+   temporary file, created first, so both times come from the filesystem's
+   clock). A rename after the reading started therefore sets the folder's
+   mtime to a later value than the recorded one, however coarse the
+   filesystem's timestamps (1 s on some): the "racy git" rule. A shard written
+   to within the grace period is not cached and is read again next time.
 
 So a cached shard is used only when nothing was published into it since it
-was read; anything else re-reads that shard's records (and only that shard).
-At 100,000 ObsIDs of a finished run, `status` opens the manifest, this index
-and nothing else (plus 256 stats and 512 readdirs: the status and lc shard
-folders); during a run only the shards written in the last seconds are read.
-The one assumption is the one `make` also relies on: node clocks agree within
-`GRACE_NS` when several nodes write one run directory.
+was read; anything else re-reads that shard (and only that shard). At 100,000
+ObsIDs of a finished run `status` opens the manifest's checked copy and this
+index, nothing else (plus 512 stats); during a run only the shards written
+in the last seconds are read again. The assumptions are the ones `make`
+relies on: files are published by rename or removed (rxte-hpc never rewrites
+a record in place; a record edited in place by hand is seen once its shard
+changes, or with `use_index=False`), and node clocks agree within `GRACE_NS`
+when several nodes write one run directory.
 
 Any content is valid or "unreadable, treated as missing": a damaged index is
 ignored (and rebuilt), a damaged record is reported with its reason.
@@ -42,14 +40,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rxte_hpc.core.fsutil import temp_name
 from rxte_hpc.core.paths import RunPaths, all_shards
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 #: How long a shard folder must have been quiet before its records are cached (covers 1 s timestamps).
 GRACE_NS = 2_000_000_000
 _SUFFIX = ".json"
@@ -62,23 +60,27 @@ Parser = Callable[[bytes, str], "tuple[list[Any] | None, str | None]"]
 class Snapshot:
     """Every record of the run directory, by ObsID, with what it cost to read them."""
 
-    records: dict[str, list[Any]] = field(default_factory=dict)  # obsid -> record fields (core/status.py order)
+    records: dict[str, Sequence[Any]] = field(default_factory=dict)  # obsid -> record fields (core/status.py order)
     unreadable: dict[str, str] = field(default_factory=dict)  # obsid -> why it is treated as missing
     lc_present: set[str] = field(default_factory=set)  # obsids with a published light curve
     opens: int = 0  # record files opened (the index and the manifest not counted)
     shards_read: int = 0  # shards whose records were read from disk rather than the index
 
 
-def _list_shard(folder: Path, suffix: str) -> tuple[int | None, dict[str, int]]:
-    """(folder mtime ns or None when absent, {stem: inode}) of published files (no temporaries)."""
+def _mtime(folder: Path) -> int | None:
     try:
-        mtime = os.stat(folder).st_mtime_ns
-        with os.scandir(folder) as entries:
-            names = {e.name[: -len(suffix)]: e.inode() for e in entries
-                     if e.name.endswith(suffix) and not e.name.startswith(".")}
+        return os.stat(folder).st_mtime_ns
     except (FileNotFoundError, NotADirectoryError):
-        return None, {}
-    return mtime, names
+        return None
+
+
+def _names(folder: Path, suffix: str) -> list[str]:
+    """Stems of the published files (no temporaries) of a folder."""
+    try:
+        with os.scandir(folder) as entries:
+            return [e.name[: -len(suffix)] for e in entries if e.name.endswith(suffix) and not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _load_index(path: Path) -> dict[str, Any]:
@@ -106,33 +108,20 @@ def _header(payload: bytes) -> bytes:
     return f"rxte-hpc status index {INDEX_VERSION} sha256 {hashlib.sha256(payload).hexdigest()}".encode()
 
 
-def _cached(entry: Any, mtime: int, inodes: dict[str, int]) -> dict[str, Any] | None:
-    """The cached shard when it is provably current (rules 1 and 2; rule 3 was applied when it was written)."""
-    try:
-        if entry["mtime"] != mtime:
-            return None
-        good, bad = entry["good"], entry["bad"]
-        listed = dict(zip(good["stems"], good["inodes"]))
-        listed.update(zip(bad["stems"], bad["inodes"]))
-        if listed != inodes:
-            return None
-        if any(len(c) != len(good["stems"]) for c in good["cols"]):
-            return None
-        return entry
-    except (KeyError, TypeError, AttributeError):
-        return None
-
-
-def _entry(mtime: int, files: dict[str, list[Any]]) -> dict[str, Any]:
-    """A shard's cache entry, columnar (JSON parses a list per field three times faster than a list per record)."""
-    good = [(stem, f[0], f[1]) for stem, f in files.items() if f[1] is not None]
-    bad = [(stem, f[0], f[2]) for stem, f in files.items() if f[1] is None]
+def _entry(mtime: int, files: dict[str, tuple[list[Any] | None, str | None]]) -> dict[str, Any]:
+    """A status shard's cache entry, columnar (JSON parses a list per field 3x faster than a list per record)."""
+    good = [(stem, f[0]) for stem, f in files.items() if f[0] is not None]
+    bad = [(stem, f[1]) for stem, f in files.items() if f[0] is None]
     return {
         "mtime": mtime,
-        "good": {"stems": [g[0] for g in good], "inodes": [g[1] for g in good],
-                 "cols": [list(c) for c in zip(*(g[2] for g in good))]},
-        "bad": {"stems": [b[0] for b in bad], "inodes": [b[1] for b in bad], "reasons": [b[2] for b in bad]},
+        "stems": [g[0] for g in good],
+        "cols": [list(c) for c in zip(*(g[1] for g in good))],
+        "bad": {stem: reason for stem, reason in bad},
     }
+
+
+def _usable(entry: Any, mtime: int, keys: tuple[str, ...]) -> bool:
+    return isinstance(entry, dict) and entry.get("mtime") == mtime and all(k in entry for k in keys)
 
 
 def load_snapshot(paths: RunPaths, parse: Parser, use_index: bool = True) -> Snapshot:
@@ -143,54 +132,74 @@ def load_snapshot(paths: RunPaths, parse: Parser, use_index: bool = True) -> Sna
     checksum does not match (a damaged or hand-edited index is never trusted).
     """
     snap = Snapshot()
-    shards_index = _load_index(paths.status_index) if use_index else {}
-    fresh: dict[str, Any] = {}
-    stale = False
+    index = _load_index(paths.status_index) if use_index else {}
+    old_status, old_lc = index.get("status") or {}, index.get("lc") or {}
+    fresh: dict[str, dict[str, Any]] = {"status": {}, "lc": {}}
+    changed = False
     start_ns: int | None = None
     with _IndexWriter(paths) as writer:
+
+        def started() -> int | None:
+            nonlocal start_ns
+            if start_ns is None and use_index:
+                start_ns = writer.start()
+            return start_ns
+
         for shard in all_shards():
             folder = paths.status_shard(shard)
-            mtime, inodes = _list_shard(folder, _SUFFIX)
+            mtime = _mtime(folder)
             if mtime is None:
-                if shard in shards_index:
-                    stale = True
+                changed |= shard in old_status
                 continue
-            entry = _cached(shards_index.get(shard), mtime, inodes) if use_index else None
-            if entry is None:
-                if start_ns is None and use_index:
-                    start_ns = writer.start()
+            entry: dict[str, Any] = old_status.get(shard) or {}
+            if not _usable(entry, mtime, ("stems", "cols", "bad")):
+                t0 = started()
                 files = {}
-                for stem, inode in inodes.items():
-                    files[stem] = _read_one(folder / f"{stem}{_SUFFIX}", stem, inode, parse)
+                for stem in _names(folder, _SUFFIX):
+                    fields, reason = _read_one(folder / f"{stem}{_SUFFIX}", stem, parse)
                     snap.opens += 1
+                    if fields is not None or reason is not None:
+                        files[stem] = (fields, reason)
                 snap.shards_read += 1
-                stale = True
+                changed = True
                 entry = _entry(mtime, files)
-                if start_ns is not None and mtime < start_ns - GRACE_NS:
-                    fresh[shard] = entry
-            else:
-                fresh[shard] = entry
-            good, bad = entry["good"], entry["bad"]
-            if good["cols"]:
-                snap.records.update(zip(good["stems"], map(list, zip(*good["cols"]))))
-            snap.unreadable.update(zip(bad["stems"], bad["reasons"]))
-        if stale and use_index:
+                if t0 is None or mtime >= t0 - GRACE_NS:
+                    entry = dict(entry, mtime=None)  # used now, never trusted later
+            if entry["mtime"] is not None:
+                fresh["status"][shard] = entry
+            cols = entry["cols"]
+            if cols:
+                snap.records.update(zip(entry["stems"], zip(*cols)))
+            snap.unreadable.update(entry["bad"])
+        for shard in all_shards():
+            folder = paths.lc_shard(shard)
+            mtime = _mtime(folder)
+            if mtime is None:
+                changed |= shard in old_lc
+                continue
+            entry = old_lc.get(shard) or {}
+            if not _usable(entry, mtime, ("names",)):
+                t0 = started()
+                entry = {"mtime": mtime, "names": _names(folder, ".lc")}
+                changed = True
+                if t0 is None or mtime >= t0 - GRACE_NS:
+                    entry["mtime"] = None
+            if entry["mtime"] is not None:
+                fresh["lc"][shard] = entry
+            snap.lc_present.update(entry["names"])
+        if changed and use_index:
             writer.commit(fresh)
-    for shard in all_shards():
-        _, names = _list_shard(paths.lc_shard(shard), ".lc")
-        snap.lc_present.update(names)
     return snap
 
 
-def _read_one(path: Path, stem: str, inode: int, parse: Parser) -> list[Any]:
+def _read_one(path: Path, stem: str, parse: Parser) -> tuple[list[Any] | None, str | None]:
     try:
         data = path.read_bytes()
-    except FileNotFoundError:  # replaced or removed between the listing and the read: read next time
-        return [inode, None, "record vanished while being read"]
+    except FileNotFoundError:  # removed between the listing and the read: no record (the folder's mtime moved)
+        return None, None
     except OSError as exc:
-        return [inode, None, f"unreadable record ({exc.strerror or exc})"]
-    fields, reason = parse(data, stem)
-    return [inode, fields, reason]
+        return None, f"unreadable record ({exc.strerror or exc})"
+    return parse(data, stem)
 
 
 class _IndexWriter:

@@ -60,6 +60,8 @@ class StatusReport:
             key=lambda g: (order.get(g.state, 9), -g.count, g.reason),
         )
         counts = summary.counts()
+        tasks = summary.per_task()
+        complete = all(counts.get(k, 0) == 0 for k in counts if k not in FINISHED)
         return cls(
             run_dir=str(run_dir),
             n_obsids=len(summary.states),
@@ -67,12 +69,12 @@ class StatusReport:
             counts={k: counts.get(k, 0) for k in (*STATES, MISSING)},
             targets={t: dict(c) for t, c in summary.per_target().items()},
             groups=tuple(built),
-            tasks={t: dict(c) for t, c in summary.per_task().items()},
-            complete=summary.complete,
+            tasks=tasks,
+            complete=complete,
             unreadable=sum(1 for s in summary.states if s.unreadable),
             opens=summary.opens,
             scheduler=scheduler,
-            exit_code=0 if summary.complete else 1,
+            exit_code=0 if complete else 1,
         )
 
     def to_json(self) -> dict[str, Any]:
