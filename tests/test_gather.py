@@ -17,7 +17,7 @@ from rxte_hpc.core.config import config_from_mapping
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.intervals import union as gti_union_of
-from rxte_hpc.products.gather import hardness_ratio, merge_lightcurves, run_gather
+from rxte_hpc.products.gather import CurveAccumulator, MergedCurve, hardness_ratio, run_gather
 from rxte_hpc.fits.lcfile import LightCurve, TimeRef, bins_as_gti, lightcurve_bytes, read_lightcurve
 from rxte_hpc.core.manifest import Observation, build_manifest, read_manifest
 from rxte_hpc.core.obsid import ObsID
@@ -31,6 +31,14 @@ STINGRAY_WARNINGS = [
     "ignore:.*FITS light curve handling is still under testing:UserWarning",
     "ignore:SIMON says. Stingray only uses poisson err_dist:UserWarning",
 ]
+
+
+def merge_lightcurves(curves, name: str = "RATE") -> MergedCurve:
+    """The merge of (obsid, curve) pairs, as run_gather does it file by file."""
+    acc = CurveAccumulator()
+    for obsid, lc in curves:
+        acc.add(obsid, lc)
+    return acc.finish(name)
 
 
 def _real() -> LightCurve:

@@ -6,7 +6,7 @@ TIMEDEL or an error, the inputs' GTIs are unioned, each row keeps its ObsID,
 and rows of two ObsIDs in the same time bin are reported and kept, never
 averaged. Files are read one at a time into lists of small arrays that are
 concatenated once, so memory follows the merged size, not the file count.
-The pure part (`merge_lightcurves`, `hardness.hardness_ratio`) works on
+The pure part (`CurveAccumulator`, `hardness.hardness_ratio`) works on
 `LightCurve` objects and is tested without files; `run_gather` adds the run
 directory: each per-ObsID file's CHECKSUM is verified and a file that fails it,
 or lacks a column, or has a non-finite TIME, makes that ObsID `failed` (data).
@@ -18,7 +18,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from astropy.io import fits
@@ -37,8 +37,7 @@ from rxte_hpc.products.headers import band_text, channel_keywords, value_of
 from rxte_hpc.products.index import ProductEntry, clear_stale, write_index
 from rxte_hpc.core.intervals import union
 
-__all__ = ["CurveAccumulator", "GatherResult", "MergedCurve", "ObsOutcome", "hardness_ratio", "merge_lightcurves",
-           "run_gather"]
+__all__ = ["CurveAccumulator", "GatherResult", "MergedCurve", "ObsOutcome", "hardness_ratio", "run_gather"]
 
 log = logging.getLogger(__name__)
 
@@ -199,18 +198,6 @@ class CurveAccumulator:
         pairs, n_overlap = find_overlaps(time, codes, timedel, names)
         return MergedCurve(curve, tuple(self.obsids), int(np.count_nonzero(~np.isfinite(rate))), pairs, n_overlap,
                            dict(self.channels))
-
-
-def merge_lightcurves(curves: Iterable[tuple[str, LightCurve]], name: str = "RATE") -> MergedCurve:
-    """Merge (obsid, light curve) pairs onto the first curve's time reference.
-
-    Sorted by TIME, ties by ObsID; NaN rates kept; overlaps reported, not
-    averaged. DataError when TIMEDELs or TIMESYSs differ, or nothing is given.
-    """
-    acc = CurveAccumulator()
-    for obsid, lc in curves:
-        acc.add(obsid, lc)
-    return acc.finish(name)
 
 
 def _one_timedel(timedels: Mapping[float, list[str]]) -> float:
