@@ -73,10 +73,12 @@ def product_keywords(header: Mapping[str, Any]) -> dict[str, Any]:
         out["LAYERS"] = (",".join(map(str, layers)), "anode layers HEASARC summed (ROWIDn)")
     scale = header.get("RATESCAL")
     scale = scale[0] if isinstance(scale, tuple) else scale
-    per = "per PCU" if found and scale is not None and abs(float(scale) * len(out["PCULIST"][0].split(",")) - 1) < 0.05 \
-        else ("rescaled" if scale is not None else "summed over PCUs")
+    if found and scale is not None and abs(float(scale) * len(out["PCULIST"][0].split(",")) - 1) < 0.05:
+        per = " per PCU"  # the fcalc factor is 1/NPCU to within the few per cent the real products show
+    else:
+        per = f" x {float(scale):.4g}" if scale is not None else ""
     dead = header.get("DEADAPP")
     dead = dead[0] if isinstance(dead, tuple) else dead
-    out["RATEUNIT"] = (f"net count/s {per}" + (", dead time not corrected" if dead is False else ""),
-                       "HEASARC standard product, not pcaextlc2")
+    tail = {False: ", dead time not corrected", True: ", dead-time corrected"}.get(dead, "")
+    out["RATEUNIT"] = (f"net count/s{per}{tail}", "HEASARC standard product, not pcaextlc2")
     return out

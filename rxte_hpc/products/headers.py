@@ -37,6 +37,8 @@ def channel_keywords(channels: Mapping[str, tuple[int, int, int]]) -> dict[str, 
 def rate_unit(lc: LightCurve) -> str:
     """The y-axis unit of a merged rate: per live PCU when dead time was applied (pcaextlc2), else as labelled."""
     unit = value_of(lc.keywords.get("RATEUNIT"))
+    if unit == "varies per ObsID":
+        return "net count/s, scale differs between ObsIDs (RATEUNIT per ObsID)"
     if unit:
         return str(unit)
     if value_of(lc.keywords.get("DEADAPP")) is True:

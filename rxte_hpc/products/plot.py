@@ -159,7 +159,7 @@ def plot_exposure(manifest: Manifest, path: Path) -> Path:
     years = mjd_to_year([r.time_mjd for r in rows])
     ax.plot(years, [r.exposure_s / 1e3 for r in rows], "o", ms=3)
     ax.set_xlabel("year")
-    ax.set_ylabel("exposure (ks)")
+    ax.set_ylabel("exposure in the manifest (ks)")
     names = sorted({r.target_name for r in manifest.rows if r.target_name})
     ax.set_title(f"{', '.join(names[:3]) or 'RXTE PCA'}: {len(manifest.rows)} ObsIDs, {len(rows)} with time and exposure")
     ax.secondary_xaxis("top", functions=(year_to_mjd, mjd_to_year)).set_xlabel("MJD")
