@@ -79,6 +79,6 @@ def product_keywords(header: Mapping[str, Any]) -> dict[str, Any]:
         per = f" x {float(scale):.4g}" if scale is not None else ""
     dead = header.get("DEADAPP")
     dead = dead[0] if isinstance(dead, tuple) else dead
-    tail = {False: ", dead time not corrected", True: ", dead-time corrected"}.get(dead, "")
+    tail = ", dead time not corrected" if dead is False else (", dead-time corrected" if dead is True else "")
     out["RATEUNIT"] = (f"net count/s{per}{tail}", "HEASARC standard product, not pcaextlc2")
     return out
