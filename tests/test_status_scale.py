@@ -263,3 +263,9 @@ def test_100000_records_summarised_with_a_handful_of_opens(tmp_path):
     assert len([p for p in opened if "/status/" in p and p.endswith(".json") and "index" not in p]) == 0
     assert cpu < 4.0, cpu  # about 1 s here; the benchmark reports the wall time against a baseline
     assert statusindex.GRACE_NS >= 1_000_000_000
+
+
+def test_index_layout_matches_the_record_fields():
+    from rxte_hpc.core.status import _NAMES
+
+    assert _NAMES[0] == "obsid" and _NAMES.index("output") == statusindex._OUTPUT

@@ -35,19 +35,22 @@ ignored (and rebuilt), a damaged record is reported with its reason.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rxte_hpc.core.fsutil import temp_name
 from rxte_hpc.core.paths import RunPaths, all_shards
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4
+#: Position of `output` in a record's fields (core/status.py: StatusRecord's field order).
+_OUTPUT = 11
 #: How long a shard folder must have been quiet before its records are cached (covers 1 s timestamps).
 GRACE_NS = 2_000_000_000
 _SUFFIX = ".json"
@@ -108,16 +111,39 @@ def _header(payload: bytes) -> bytes:
     return f"rxte-hpc status index {INDEX_VERSION} sha256 {hashlib.sha256(payload).hexdigest()}".encode()
 
 
-def _entry(mtime: int, files: dict[str, tuple[list[Any] | None, str | None]]) -> dict[str, Any]:
-    """A status shard's cache entry, columnar (JSON parses a list per field 3x faster than a list per record)."""
+def _entry(mtime: int, shard: str, files: dict[str, tuple[list[Any] | None, str | None]]) -> dict[str, Any]:
+    """A status shard's cache entry, columnar and compact: JSON parses a list per field 3x faster than a list per
+    record, and a field with one value throughout the shard (backend, config_hash, state of a finished run, ...)
+    is stored once. Field 0 (obsid) is the stem; an `output` that is the canonical light-curve path is implied."""
     good = [(stem, f[0]) for stem, f in files.items() if f[0] is not None]
     bad = [(stem, f[1]) for stem, f in files.items() if f[0] is None]
-    return {
-        "mtime": mtime,
-        "stems": [g[0] for g in good],
-        "cols": [list(c) for c in zip(*(g[1] for g in good))],
-        "bad": {stem: reason for stem, reason in bad},
-    }
+    stems = [g[0] for g in good]
+    cols: list[Any] = []
+    for i, col in enumerate(zip(*(g[1] for g in good))):
+        if i == 0:
+            continue
+        values = list(col)
+        if i == _OUTPUT and all(v == f"lc/{shard}/{s}.lc" for v, s in zip(values, stems)):
+            cols.append({"canonical": True})
+        elif all(v == values[0] for v in values):
+            cols.append({"all": values[0]})
+        else:
+            cols.append(values)
+    return {"mtime": mtime, "stems": stems, "cols": cols, "bad": {stem: reason for stem, reason in bad}}
+
+
+def _rows(shard: str, entry: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """The field tuples of a cache entry (the inverse of `_entry`)."""
+    stems = entry["stems"]
+    cols: list[Any] = [stems]
+    for c in entry["cols"]:
+        if isinstance(c, list):
+            cols.append(c)
+        elif c.get("canonical"):
+            cols.append([f"lc/{shard}/{s}.lc" for s in stems])
+        else:
+            cols.append(itertools.repeat(c["all"], len(stems)))
+    return zip(*cols)
 
 
 def _usable(entry: Any, mtime: int, keys: tuple[str, ...]) -> bool:
@@ -162,14 +188,13 @@ def load_snapshot(paths: RunPaths, parse: Parser, use_index: bool = True) -> Sna
                         files[stem] = (fields, reason)
                 snap.shards_read += 1
                 changed = True
-                entry = _entry(mtime, files)
+                entry = _entry(mtime, shard, files)
                 if t0 is None or mtime >= t0 - GRACE_NS:
                     entry = dict(entry, mtime=None)  # used now, never trusted later
             if entry["mtime"] is not None:
                 fresh["status"][shard] = entry
-            cols = entry["cols"]
-            if cols:
-                snap.records.update(zip(entry["stems"], zip(*cols)))
+            if entry["stems"]:
+                snap.records.update(zip(entry["stems"], _rows(shard, entry)))
             snap.unreadable.update(entry["bad"])
         for shard in all_shards():
             folder = paths.lc_shard(shard)
