@@ -180,27 +180,16 @@ class HeasoftExtractor(Extractor):
         return (ex.prepared or self.context.paths.prepared_dir) / row.obsid.text
 
     def _channels(self, band: BandConfig, first_std2: Path) -> tuple[str, str, dict]:
-        """pcaextlc2's chmin/chmax for a band (INDEF for an open side) and header keywords saying so."""
-        from rxte_hpc.extract.std2 import parse_pculist, resolve_band
+        """pcaextlc2's chmin/chmax for a band (INDEF for an open side) and the header keywords native writes too."""
+        from rxte_hpc.extract.std2 import band_keywords, parse_pculist, pcu0_energies, resolve_band
 
-        keywords: dict[str, tuple[object, str]]
         if band.energy_kev is None:
             chmin = "INDEF" if band.chmin is None else str(band.chmin)
             chmax = "INDEF" if band.chmax is None else str(band.chmax)
-            keywords = {"CHMIN": (0 if band.chmin is None else band.chmin, "lowest absolute PCA channel asked"),
-                        "CHMAX": (255 if band.chmax is None else band.chmax, "highest absolute PCA channel asked")}
-            return chmin, chmax, keywords
+            return chmin, chmax, band_keywords(resolve_band(chmin=band.chmin, chmax=band.chmax, met=None), None)
         pcus = parse_pculist(self.context.config.extract.pculist)
-        resolved = resolve_band(energy_kev=band.energy_kev, met=_first_start(first_std2), pcu0=pcus == (0,))
-        keywords = {
-            "CHMIN": (resolved.chmin, "lowest absolute PCA channel"),
-            "CHMAX": (resolved.chmax, "highest absolute PCA channel"),
-            "E_MIN": (float(band.energy_kev[0]), "[keV] lower edge of the band asked"),
-            "E_MAX": (float(band.energy_kev[1]), "[keV] upper edge of the band asked"),
-        }
-        if resolved.epoch is not None:
-            keywords["GAINEPO"] = (resolved.epoch, "PCA gain epoch used for keV -> channels")
-        return str(resolved.chmin), str(resolved.chmax), keywords
+        resolved = resolve_band(energy_kev=band.energy_kev, met=_first_start(first_std2), pcu0=pcu0_energies(pcus))
+        return str(resolved.chmin), str(resolved.chmax), band_keywords(resolved, band.energy_kev)
 
     @staticmethod
     def _light_curve(path: Path, band: BandConfig, keywords: dict) -> LightCurve:

@@ -28,6 +28,7 @@ from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.scratch import Workspace
 from rxte_hpc.archive.base import ArchiveNeeds
 from rxte_hpc.extract.base import Extractor
+from rxte_hpc.extract.hsp_runner import resolve_runner
 from rxte_hpc.extract.prepare import BACKGROUND_LIST, DONE_FILE, SOURCE_LIST, has_standard2, prepare_into, read_list
 from rxte_hpc.extract.filterexpr import FilterExpr, parse_filter
 from rxte_hpc.core.intervals import intersect, union
@@ -310,6 +311,8 @@ class NativeExtractor(Extractor):
     def check_available(self) -> None:
         """Validate the extraction settings once, before any task starts (UsageError names the problem)."""
         self._selection()
+        if os.environ.get("HEADAS"):  # pcaprepobsid may run for ObsIDs not yet prepared: its runner must work
+            resolve_runner(self.context.config.extract.runner)
 
     def archive_needs(self, row: ManifestRow) -> ArchiveNeeds:
         """Nothing when the row's prepared products exist; else the whole ObsID, which pcaprepobsid will prepare."""

@@ -42,8 +42,9 @@ from rxte_hpc.run.mpi.protocol import (
     TAG_REQUEST, TAG_WORK, Channel, Dispatcher, Heartbeat, RankReport, RankZeroSilent, Startup, Timing,
 )
 from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.run.preflight import preflight
 from rxte_hpc.run.signals import interrupt_on_signals
-from rxte_hpc.core.status import RunSummary, is_done, read_record
+from rxte_hpc.core.status import RunSummary, is_done, read_record, write_record
 from rxte_hpc.run.worker import TaskRunner, WorkerIdentity
 
 log = logging.getLogger(__name__)
@@ -202,10 +203,9 @@ def run_mpi(
     channel = Channel(comm, MPI.ANY_SOURCE) if size > 1 else None
     tally = _Tally(rank)
     reports: list[RankReport] = []
-    leftover: list[int] = []
     with interrupt_on_signals():
         if rank == 0:
-            reports, leftover = _rank0(config, manifest, channel, MPI, startups, timing, tally, schedule=schedule,
+            reports, _ = _rank0(config, manifest, channel, MPI, startups, timing, tally, schedule=schedule,
                                        force=force, factory=factory, threaded=threaded)
         else:
             assert channel is not None
@@ -219,7 +219,7 @@ def run_mpi(
              time.monotonic() - t0, ", ".join(f"{n} {k}" for k, n in mine.counts) or "nothing to do")
     if rank != 0:
         return 1 if mine.bad else 0
-    code = _finish(config, manifest, [mine, *reports], leftover, gather=gather, wall_s=time.monotonic() - t0)
+    code = _finish(config, manifest, [mine, *reports], gather=gather, wall_s=time.monotonic() - t0)
     lost = [r.rank for r in reports if r.state in ("dead", "silent")]
     if lost:
         # MPI_Finalize at exit would wait for the lost ranks forever (a stopped or hung process
@@ -244,7 +244,7 @@ def _prepare(config: Config, factory: ExtractorFactory, gather: bool) -> Manifes
 
     paths = RunPaths(config.run_dir)
     manifest = read_manifest(paths.manifest)
-    factory(ExtractContext(config, paths, open_archive(config, paths))).check_available()
+    preflight(config, manifest, factory(ExtractContext(config, paths, open_archive(config, paths))))
     return manifest
 
 
@@ -298,6 +298,9 @@ def _rank0(config: Config, manifest: Manifest, channel: Channel | None, MPI: Any
     dispatcher = Dispatcher(channel, MPI.Status, startups, timing, queue=queue)
     thread = None
     if threaded:
+        # This thread only passes MPI messages and never calls HEASoft: every HEASoft task of this rank runs in
+        # the main thread below, as extract.runner heasoftpy requires (heasoftpy keeps PFILES in os.environ;
+        # hsp_runner.task_calls refuses a second thread).
         thread = threading.Thread(target=dispatcher.run_thread, name="rxte-hpc-dispatcher", daemon=True)
         thread.start()
         between: Callable[[], None] = lambda: None
@@ -411,16 +414,44 @@ def format_rank_table(reports: Sequence[RankReport], wall_s: float) -> str:
     return "\n".join(lines)
 
 
-def _finish(config: Config, manifest: Manifest, reports: list[RankReport], leftover: list[int], *, gather: bool,
+def record_lost_ranks(config: Config, manifest: Manifest, lost: Sequence[RankReport]) -> None:
+    """Record the ObsIDs lost ranks left `running` as failed (site), so none stays `running`.
+
+    A record is the lost rank's when it says that rank and host and is still
+    `running`; `run` or `rerun` redoes these (site failures are retried).
+    """
+    paths = RunPaths(config.run_dir)
+    by_rank = {(r.rank, r.host): r for r in lost}
+    for row in manifest.rows:
+        rec = read_record(paths, row.obsid.text)
+        if rec is None or rec.state != "running" or (rec.rank, rec.host) not in by_rank:
+            continue
+        r = by_rank[(rec.rank, rec.host)]
+        why = f"MPI rank {r.rank} ({r.host} pid {r.pid}) was lost (killed, or silent too long) during this ObsID"
+        try:
+            write_record(paths, dataclasses.replace(rec, state="failed", finished=_utc_now(), error=why,
+                                                    error_kind="site"))
+        except RxteError as exc:
+            log.error("%s: cannot record that its rank was lost (%s)", row.obsid, exc)
+            continue
+        log.warning("%s: %s; recorded failed (site): `rerun` or `run` completes it", row.obsid, why)
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _finish(config: Config, manifest: Manifest, reports: list[RankReport], *, gather: bool,
             wall_s: float) -> int:
     """Rank 0's end: the table, what is left for `rerun`, the gather; the exit code from the records."""
     print(format_rank_table(reports, wall_s), flush=True)
-    for r in reports:
-        if r.state in ("dead", "silent"):
-            log.warning("rank %d (%s pid %d) never finished: its ObsIDs in flight are left for `rerun`",
-                        r.rank, r.host, r.pid)
-    for i in leftover:
-        log.warning("ObsID %s was in flight on a dead rank; `rerun` or `run` completes it", manifest.rows[i].obsid)
+    lost = [r for r in reports if r.state in ("dead", "silent")]
+    for r in lost:
+        log.warning("rank %d (%s pid %d) never finished", r.rank, r.host, r.pid)
+    if lost:
+        record_lost_ranks(config, manifest, lost)
     summary = RunSummary.collect(manifest, RunPaths(config.run_dir), config.hash())
     code = 0 if summary.complete else 1
     if not summary.complete:

@@ -287,7 +287,10 @@ class RankZeroSilent(RxteError):
 
 
 class Heartbeat:
-    """A worker's helper thread telling rank 0 it is alive while the main thread extracts."""
+    """A worker's helper thread telling rank 0 it is alive while the main thread extracts.
+
+    It only sends MPI messages and never calls HEASoft (extract.runner heasoftpy allows one extracting thread).
+    """
 
     def __init__(self, channel: Channel, rank: int, period_s: float) -> None:
         self._channel = channel
