@@ -83,6 +83,13 @@ def compress_indices(indices: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def _clip(text: str, width: int) -> str:
+    """A long comma list cut at a comma, with `...`."""
+    if len(text) <= width:
+        return text
+    return text[: text.rfind(",", 0, width)] + ",..."
+
+
 def contiguous_chunks(n_tasks: int, max_array_size: int) -> list[ArrayChunk]:
     """Tasks 0..n-1 as arrays `0..k-1` with offsets, so every index is < MaxArraySize."""
     if n_tasks < 1:
@@ -245,7 +252,7 @@ def render_array(inputs: RenderInputs, chunks: Sequence[ArrayChunk]) -> str:
     fields["array"] = f"{chunks[0].spec()}%{throttle}"
     fields["chunk_comments"] = "\n".join(
         f"#   sbatch {chunk.array_option(throttle)} --export=ALL,{OFFSET_VAR}={chunk.offset} <this script>"
-        f"   # tasks {compress_indices(chunk.tasks)}"
+        f"   # tasks {_clip(compress_indices(chunk.tasks), 120)}"
         for chunk in chunks
     )
     return _render("array", fields)

@@ -34,6 +34,7 @@ from rxte_hpc.core.paths import MAX_FOLDER_ENTRIES, RunPaths
 from rxte_hpc.run.slurm.render import (
     OFFSET_VAR,
     ArrayChunk,
+    _clip,
     RenderInputs,
     compress_indices,
     contiguous_chunks,
@@ -122,12 +123,42 @@ def _max_array_size(dry_run: bool) -> tuple[int, str]:
         return DEFAULT_MAX_ARRAY_SIZE, f"Slurm's default; scontrol did not answer: {exc}"
 
 
-def cap_chunks(chunks: Sequence[ArrayChunk], limit: int = MAX_FOLDER_ENTRIES) -> list[ArrayChunk]:
-    """Split arrays of more than `limit` elements (same offset), so each array's log folder stays under 1,000."""
+#: Characters of an `--array=` index list sbatch accepts: 22.05 refuses ~4,100 ("Pathname of a file, directory
+#: or other parameter too long"; measured here: 4,065 accepted, 4,125 refused). A sparse rerun of a few hundred
+#: scattered tasks reaches that.
+MAX_ARRAY_SPEC = 3900
+
+
+def cap_chunks(chunks: Sequence[ArrayChunk], limit: int = MAX_FOLDER_ENTRIES,
+               max_spec: int = MAX_ARRAY_SPEC) -> list[ArrayChunk]:
+    """Split arrays (same offset) so each has at most `limit` elements (its log folder stays under 1,000 files)
+    and an index list sbatch accepts (at most `max_spec` characters)."""
     out = []
+
+    def text(run: tuple[int, int]) -> int:
+        return len(str(run[0])) if run[0] == run[1] else len(str(run[0])) + 1 + len(str(run[1]))
+
     for chunk in chunks:
-        for start in range(0, len(chunk.indices), limit):
-            out.append(ArrayChunk(chunk.offset, chunk.indices[start:start + limit]))
+        part: list[int] = []
+        runs: list[tuple[int, int]] = []
+        length = 0  # == len(compress_indices(part)), kept incrementally
+        for index in chunk.indices:
+            if runs and index == runs[-1][1] + 1:
+                grown = length - text(runs[-1]) + text((runs[-1][0], index))
+            else:
+                grown = length + (1 if runs else 0) + len(str(index))
+            if part and (len(part) >= limit or grown > max_spec):
+                out.append(ArrayChunk(chunk.offset, tuple(part)))
+                part, runs, length = [], [], 0
+                grown = len(str(index))
+            if runs and index == runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], index)
+            else:
+                runs.append((index, index))
+            part.append(index)
+            length = grown
+        if part:
+            out.append(ArrayChunk(chunk.offset, tuple(part)))
     return out
 
 
@@ -313,7 +344,9 @@ _SHOWN_TASKS = 20
 
 def _task_list(tasks: Sequence[int]) -> str:
     """`2, 6` for a few tasks, the compressed ranges (`0-4,17,40-42`) for many."""
-    return ", ".join(str(t) for t in tasks) if len(tasks) <= _SHOWN_TASKS else compress_indices(tasks)
+    if len(tasks) <= _SHOWN_TASKS:
+        return ", ".join(str(t) for t in tasks)
+    return _clip(compress_indices(tasks), 160)
 
 
 def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, python: str | None = None) -> int:
