@@ -27,6 +27,9 @@ NOTEBOOK_EXPRESSIONS = [
     FILTER,
     "(ELV > 4) .AND. (OFFSET < 0.1) .AND. (NUM_PCU_ON > 0 .AND. NUM_PCU_ON < 6)",
     "(ELV > 4) && (OFFSET < 0.1) && (NUM_PCU_ON > 0) && .NOT. ISNULL(ELV) && (NUM_PCU_ON < 6)",
+    # CFITSIO's integer arithmetic (both sides integer: 3/2 == 1): the stand-in asks CFITSIO, the project its own code
+    "(ELV > 4) && (NUM_PCU_ON/2 == 1)",
+    "(ELV > 4) && (NUM_PCU_ON/2 > 1) || (OFFSET < 0.02)",
 ]
 
 
