@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
+from rxte_hpc.archive.base import ArchiveNeeds
 from rxte_hpc.cli import _setup_logging
 from rxte_hpc.core.config import load_config
 from rxte_hpc.core.errors import Interrupted, RxteError
@@ -38,8 +39,13 @@ def slow_factory(markers: Path, delay: float) -> Callable[[ExtractContext], Extr
             def check_available(self) -> None:
                 inner.check_available()
 
+            def archive_needs(self, row: ManifestRow) -> ArchiveNeeds:
+                return inner.archive_needs(row)
+
             def extract(self, row: ManifestRow, workspace: Workspace, tool_log: TextIO) -> list[LightCurve]:
-                rank = os.environ.get("PMI_RANK", "0")
+                from mpi4py import MPI
+
+                rank = MPI.COMM_WORLD.Get_rank()
                 (workspace.work / "busy").write_text("scratch in use\n")  # something for cleanup to remove
                 (markers / f"r{rank}-{row.obsid.text}").write_text(f"{os.getpid()}\n")
                 end = time.monotonic() + delay

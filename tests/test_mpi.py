@@ -48,6 +48,40 @@ if MPIEXEC is None and os.environ.get("CI", "").lower() == "true":
 needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install mpi4py mpich)")
 
 
+SHM = Path("/dev/shm")
+SHM_PATTERNS = ("mpich_shm_*", "sem.mp-*")
+
+
+def _shm_files() -> set[str]:
+    return {p.name for pattern in SHM_PATTERNS for p in SHM.glob(pattern)} if SHM.is_dir() else set()
+
+
+def _mapped_shm() -> set[str]:
+    """Names under /dev/shm some live process still maps (another job's: never touched)."""
+    names = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "/dev/shm/" in line:
+                names.add(line.split("/dev/shm/", 1)[1].split()[0])
+    return names
+
+
+@pytest.fixture(autouse=True)
+def no_shm_left_behind():
+    """MPICH leaves `mpich_shm_*` segments in /dev/shm when a rank is killed: remove the ones this test made."""
+    before = _shm_files()
+    yield
+    for name in sorted(_shm_files() - before - _mapped_shm()):
+        try:
+            (SHM / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def shared_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rxte_hpc.sim.simulate import simulate_archive
@@ -284,27 +318,28 @@ def _assert_survived(tmp_path: Path, cfg: Path, out: str, err: str) -> None:
 
 
 @needs_mpiexec
-@pytest.mark.parametrize("how", ["killed", "stopped"])
-def test_lost_rank_is_survived_with_hydra_disable_auto_cleanup(tmp_path: Path, shared_archive: Path, how: str) -> None:
-    """The launcher the docs name for surviving a lost rank: `mpiexec -disable-auto-cleanup` (MPICH hydra).
+def test_stopped_rank_is_survived(tmp_path: Path, shared_archive: Path) -> None:
+    """A rank that stops answering (SIGSTOP: a hung node, a process stuck in the filesystem), under any launcher.
 
-    killed (SIGKILL, the OOM killer) or stopped (SIGSTOP: a hung node, a
-    process stuck in the filesystem): rank 0 notices the silence, finishes the
-    remaining ObsIDs itself, records the lost ObsID, and ends the job.
+    Nobody tears the job down, so rank 0 must notice the silence, finish the
+    remaining ObsIDs itself, record the lost one failed (site), and end the job.
     """
     cfg = _setup(tmp_path, shared_archive)
     markers = tmp_path / "markers"
-    proc = _start_helper(cfg, markers, "-disable-auto-cleanup", env=_env(**LOST_ENV), delay=0.3)
-    out, err = _lose_rank_1(proc, markers, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+    proc = _start_helper(cfg, markers, env=_env(**LOST_ENV), delay=0.3)
+    out, err = _lose_rank_1(proc, markers, signal.SIGSTOP)
     assert proc.returncode != 0
     _assert_survived(tmp_path, cfg, out, err)
 
 
 @needs_mpiexec
 def test_plain_mpiexec_tears_the_job_down_when_a_rank_is_killed(tmp_path: Path, shared_archive: Path) -> None:
-    """What the docs state for hydra's default: it kills every rank at once, so nobody can record anything.
+    """What the docs state for MPICH's hydra: a rank killed by a signal makes it SIGKILL every rank.
 
-    The job still ends at once (nothing hangs) and a later run completes it.
+    (`-disable-auto-cleanup` does not change that for a rank killed by a
+    signal in MPICH 5.0: measured, both ranks end with signal 9.) Nobody can
+    record anything then; the job still ends at once (nothing hangs) and a
+    later run completes it. Surviving a killed rank needs `srun` (below).
     """
     cfg = _setup(tmp_path, shared_archive)
     markers = tmp_path / "markers"

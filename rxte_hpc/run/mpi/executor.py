@@ -10,10 +10,22 @@ Dynamic schedule: rank 0 runs a dispatcher in a helper thread that hands
 ObsIDs out longest exposure first to whichever rank asks; every rank, rank 0
 included, extracts in its main thread (where signals arrive, so the worker's
 SIGTERM handling and scratch cleanup keep working). Workers send heartbeats
-from a helper thread; a rank that stops talking (killed, OOM) is declared dead
-after a bounded silence, its ObsID stays `running` for `rerun`, and the others
-finish without it. Without MPI thread support rank 0 serves requests between
-its own ObsIDs and silences are judged from ObsID durations instead.
+from a helper thread; a rank that stops talking is declared dead after a
+bounded silence, the others finish without it, and at the end rank 0 records
+its ObsID in flight as `failed` (site; `rerun` redoes it) and ends the job
+with MPI_Abort (MPI_Finalize would wait for the lost rank forever). Without MPI
+thread support rank 0 serves requests between its own ObsIDs and silences are
+judged from ObsID durations instead.
+
+Which lost ranks are survived depends on the launcher (measured with MPICH 5.0,
+tests/test_mpi.py):
+- a rank that hangs or is stopped (SIGSTOP, a dead filesystem): every launcher;
+- a rank killed outright (SIGKILL, the OOM killer) under `srun --mpi=pmi2`
+  (what `submit --mpi` runs) with Slurm's default `--kill-on-bad-exit=0`;
+- not under MPICH's `mpiexec` (hydra): it SIGKILLs every rank when one dies
+  by a signal, `-disable-auto-cleanup` included (that option only helps for a
+  rank that exits with a status). Nothing can be recorded then; the records
+  of that job stay `running` and a later `run`/`rerun` redoes them.
 
 Static schedule: each rank runs the manifest tasks `t % size == rank`, exactly
 what array elements `t` would run, and only reports to rank 0 when it is done.
