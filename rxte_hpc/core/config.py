@@ -129,7 +129,7 @@ class SlurmConfig:
     throttle: int = _f(64, "at most this many elements at once (%P)", lo=1)
     account: str | None = _f(None, "account (-A)")
     extra: tuple[str, ...] = _f((), "extra #SBATCH options, e.g. ['--qos=normal']")
-    setup: tuple[str, ...] = _f(("module load heasoft",), "shell lines run before the worker (trusted)")
+    setup: tuple[str, ...] = _f((), "shell lines run before the worker (trusted), e.g. ['module load heasoft']")
     signal_s: int = _f(120, "seconds before the time limit that Slurm sends SIGUSR1", lo=10, hi=3600)
     mpi_tasks: int = _f(2, "submit --mpi: ranks in the one allocation", lo=1)
 
@@ -194,15 +194,40 @@ def _plain(obj: Any, drop: tuple[str, ...] = ()) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (YAML says keys are unique)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        except TypeError:  # an unhashable key: the base constructor reports it
+            continue
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config; ConfigError (exit 2) names the file and the key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config as UTF-8") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
@@ -451,5 +476,18 @@ def _cross_checks(cfg: Config) -> None:
             missing = [n for n in pair if n not in names]
             if missing:
                 raise ConfigError(f"{path}: gather.hardness names band {missing[0]!r}, not in extract.bands")
+        pairs = [tuple(p) for p in cfg.gather.hardness]
+        for i, pair in enumerate(pairs):
+            if pair[0] == pair[1]:
+                raise ConfigError(f"{path}: gather.hardness[{i}] divides band {pair[0]!r} by itself")
+            if pair in pairs[:i]:
+                raise ConfigError(f"{path}: gather.hardness[{i}] repeats the pair {list(pair)}")
+    for i, band in enumerate(ex.band_list()):
+        if band.energy_kev is None:
+            continue
+        lo, hi = (float(v) for v in band.energy_kev)
+        key = f"extract.bands.{band.name}" if ex.bands else "extract.energy_kev"
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi):
+            raise ConfigError(f"{path}: {key}: energy band [{lo:g}, {hi:g}] keV needs 0 <= low < high")
     if cfg.source.kind == "table" and cfg.source.path is None:
         raise ConfigError(f"{path}: source.path is required for source.kind: table")
