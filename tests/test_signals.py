@@ -182,3 +182,26 @@ def test_run_killed_outright_workers_still_record(archive, headas, tmp_path, lef
     assert all("signal 15" in r["error"] for r in recs.values())
     wait_for(lambda: not [p for p in tool_pids(markers).values() if alive(p)], timeout=5, what="tools to end")
     assert not scratch_left(tmp_path)
+
+
+def test_die_with_parent_kills_the_child_when_its_parent_is_killed(tmp_path):
+    """core.procs.die_with_parent as a preexec_fn: the kernel kills the tool when its worker dies outright."""
+    script = (
+        "import subprocess, sys, time\n"
+        "from rxte_hpc.core.procs import die_with_parent\n"
+        "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent(), start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        child = int(parent.stdout.readline())
+        assert alive(child)
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not alive(child), timeout=5, what="the child to die with its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.communicate()
