@@ -62,6 +62,24 @@ ru = resource.getrusage(resource.RUSAGE_SELF)
 print(f"@@ {code} {wall:.4f} {opens[0]} {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime:.4f}", file=sys.stderr)
 """
 
+_CORE_STATUS = r"""
+import os, resource, sys, time
+t0 = time.perf_counter()
+from rxte_hpc.core.config import load_config
+from rxte_hpc.core.manifest import read_manifest
+from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.status import RunSummary
+from rxte_hpc.core.statusreport import StatusReport, format_status
+config = load_config(sys.argv[1])
+paths = RunPaths(config.run_dir)
+manifest = read_manifest(paths.manifest)
+summary = RunSummary.collect(manifest, paths, config.hash())
+text = format_status(StatusReport.build(summary, paths.root, manifest.n_tasks))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(f"@@ {len(text.splitlines())} {time.perf_counter() - t0:.4f} {summary.opens} {ru.ru_utime + ru.ru_stime:.4f}",
+      file=sys.stderr)
+"""
+
 _READ_FILES = r"""
 import os, sys, time
 t0 = time.perf_counter()
@@ -145,6 +163,9 @@ def stages(run_dir: Path, cfg: Path, root: Path, seed: int, fresh: bool) -> None
     first = "status (first: builds the index)" if fresh else "status"
     for label in (first, "status (warm)", "status (warm)"):
         show(label, cli(run_dir, "status", str(cfg)))
+    lines, wall, opens, cpu = _python(_CORE_STATUS, str(cfg))
+    print(f"{'core status (collect+report+format)':34s} {float(wall):5.2f} s wall, {float(cpu):5.2f} s CPU, "
+          f"{int(opens):6d} record opens, {lines} lines of output")
     show("rerun --dry-run (warm)", cli(run_dir, "rerun", str(cfg), "--dry-run"))
     lost = lose(cfg, 0.01, seed)
     time.sleep(3)
@@ -237,10 +258,10 @@ def lose(cfg_path: Path, fraction: float, seed: int) -> int:
 
     config = load_config(cfg_path)
     paths = RunPaths(config.run_dir)
-    rows = list(read_manifest(paths.manifest).rows)
+    rows = [r for r in read_manifest(paths.manifest).rows if paths.status(r.obsid).is_file()]
     victims = random.Random(seed).sample(rows, int(len(rows) * fraction))
     for row in victims:
-        paths.status(row.obsid).unlink(missing_ok=True)
+        paths.status(row.obsid).unlink()
         paths.lc(row.obsid).unlink(missing_ok=True)
     return len(victims)
 
@@ -268,7 +289,7 @@ def main() -> None:
             print(f"campaign: {args.n} ObsIDs over {len(TARGETS)} targets, archive of stdprod files "
                   f"({time.perf_counter() - t0:.0f} s to write) under {root}")
         if args.reuse:
-            stages(run_dir, cfg, root, args.seed + 1, fresh=False)
+            stages(run_dir, cfg, root, int(time.time()), fresh=False)
             return
         code, wall, opens, rss, cpu = cli(run_dir, "plan", str(cfg))
         _, table_wall, _ = _python(_READ_TABLE, str(root / "obsids.ecsv"))[:3]
