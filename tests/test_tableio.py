@@ -8,7 +8,6 @@ DataError naming the file and the column or keyword.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -150,15 +149,3 @@ def test_long_string_and_unparsable_keywords_are_refused(tmp_path):
         table.header["CVALUE"]
     with pytest.raises(DataError, match="is not a number|not a number"):
         table.values("NAME")
-
-
-def test_a_file_in_memory_is_not_needed(tmp_path):
-    """read_tables works from the path (gzip or not); a gzip of the odd file reads the same."""
-    import gzip
-
-    path = _odd_file(tmp_path)
-    gz = tmp_path / "odd.fits.gz"
-    gz.write_bytes(gzip.compress(path.read_bytes()))
-    a, b = read_tables(path)[0], read_tables(gz)[0]
-    np.testing.assert_array_equal(a.raw("NAME"), b.raw("NAME"))
-    assert io.BytesIO(gz.read_bytes()).read(2) == b"\x1f\x8b"
