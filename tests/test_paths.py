@@ -98,3 +98,12 @@ def test_hostile_names_cannot_escape(tmp_path):
             paths.lc(bad)
     assert paths.task_log("../../x").parent.parent == paths.task_logs_dir
     assert paths.slurm_array_logs("../x").parent == paths.slurm_logs_dir
+
+
+def test_target_products_have_one_folder_each(tmp_path):
+    paths = RunPaths(tmp_path)
+    assert paths.target_dir("eta car") == tmp_path / "targets" / "eta_car"
+    assert paths.output("merged.lc", "gx 339-4") == tmp_path / "targets" / "gx_339-4" / "merged.lc"
+    assert paths.output("merged.lc") == tmp_path / "merged.lc"
+    for hostile in ("../x", "a/b", ".."):
+        assert paths.target_dir(hostile).parent == paths.targets_dir

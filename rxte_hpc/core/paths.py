@@ -18,6 +18,7 @@ they become file names, so no path built here can escape the run directory.
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,20 @@ class RunPaths:
     def status_shard(self, shard: str) -> Path:
         return self.status_dir / shard
 
-    def output(self, name: str) -> Path:
-        """A gather output (name already validated by the config as a plain file name)."""
-        return self.root / Path(name).name
+    def output(self, name: str, target: str | None = None) -> Path:
+        """A gather output (name already validated by the config as a plain file name); with `target`, the
+        several-targets layout `targets/<target>/<name>` (DESIGN.md "Run directory")."""
+        return (self.target_dir(target) if target else self.root) / Path(name).name
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.root / "targets"
+
+    def target_dir(self, target: str) -> Path:
+        """`targets/<target>/` of a configured target: its name with anything but letters, digits and `_ . + -`
+        as `_` (`eta car` -> `eta_car`); the config refuses names that would collide."""
+        slug = re.sub(r"[^A-Za-z0-9_.+-]", "_", target.strip())
+        return self.targets_dir / (slug if slug.strip(".") else "_")
 
     # ---------------------------------------------------------------- listing
 
