@@ -49,6 +49,7 @@ OPTIONAL_COLUMNS = ("BACKV", "BACKE", "LiveTime")
 CARRIED_KEYWORDS = (
     "TELESCOP", "INSTRUME", "OBJECT", "HDUCLAS2", "BACKAPP", "DEADAPP", "VIGNAPP", "CLOCKAPP",
     "TIMEREF", "TASSIGN", "MINCHAN", "MAXCHAN", "E_MIN", "E_MAX", "PCULIST", "LAYERS", "RATEUNIT", "STDBAND",
+    "ECHANRUL", "PCUCHRUL",  # how keV became channels and which channels PCU0 got (extract/std2.band_keywords)
 )
 #: Carried keywords whose disagreement is said ("varies per ObsID") rather than dropped silently.
 _SAY_VARIES = ("PCULIST", "LAYERS", "RATEUNIT")
