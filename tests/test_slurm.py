@@ -615,3 +615,40 @@ def test_sparse_index_lists_stay_under_what_sbatch_accepts():
             if a.offset == b.offset:
                 merged = a.indices + b.indices[:1]
                 assert len(merged) > 1000 or len(compress_indices(merged)) > MAX_ARRAY_SPEC
+
+
+def test_rerun_and_submit_dry_run_write_nothing_at_all(tmp_path, monkeypatch, capsys):
+    """--dry-run writes nothing anywhere: not even the status index or the manifest's checked copy."""
+    from rxte_hpc.core.manifest import Observation, build_manifest
+    from rxte_hpc.core.obsid import ObsID
+    from rxte_hpc.core.status import StatusRecord, write_record
+    from rxte_hpc.run.slurm import submit as submit_mod
+
+    cfg = config_from_mapping({"run_dir": str(tmp_path / "run"), "slurm": {"setup": []}}, tmp_path / "c.yaml")
+    paths = RunPaths(cfg.run_dir)
+    manifest = build_manifest([Observation(ObsID(f"10000-01-{i:02d}-00"), 1, exposure_s=1.0) for i in range(20)], 2, {})
+    manifest.write(paths.manifest)
+    for row in manifest.rows[:15]:
+        write_record(paths, StatusRecord(row.obsid.text, row.task, "done", "stdprod", cfg.hash(), "t0", "t1", 1.0, "h"))
+        paths.lc(row.obsid).parent.mkdir(parents=True, exist_ok=True)
+        paths.lc(row.obsid).write_bytes(b"lc")
+    lost = sorted({row.task for row in manifest.rows[15:]})
+    past = time.time() - 60
+    for p in [paths.manifest, *paths.status_files(), *paths.lc_files()]:
+        os.utime(p, (past, past))
+        os.utime(p.parent, (past, past))
+
+    def snapshot():
+        return sorted((str(p), p.stat().st_mtime_ns) for p in paths.root.rglob("*"))
+
+    def no_slurm():
+        raise submit_mod.SlurmError("no controller here")
+
+    monkeypatch.setattr(submit_mod, "query_max_array_size", no_slurm)
+    before = snapshot()
+    assert submit_mod.rerun(cfg, dry_run=True) == 0
+    assert submit_mod.submit(cfg, dry_run=True) == 0
+    assert f"rerun {len(lost)} task(s): {', '.join(map(str, lost))}" in capsys.readouterr().out
+    assert snapshot() == before
+    RunSummary.collect(read_manifest(paths.manifest), paths, cfg.hash())  # a real reader does write its caches
+    assert paths.status_index.is_file() and paths.manifest_cache.is_file()

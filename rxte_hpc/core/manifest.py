@@ -143,7 +143,7 @@ class Manifest:
         return hashlib.sha256(self.to_bytes()).hexdigest()[:16]
 
 
-def read_manifest(path: Path) -> Manifest:
+def read_manifest(path: Path, write_cache: bool = True) -> Manifest:
     """Read a manifest and check it is consistent; a missing file says to run `plan`, a bad one names the row.
 
     A hand-edited manifest is refused when a later step would go wrong on it:
@@ -184,7 +184,7 @@ def read_manifest(path: Path) -> Manifest:
     if TARGET_COLUMN in t.colnames:
         cols[TARGET_COLUMN] = [_cell_text(v) for v in _column(t, TARGET_COLUMN)]
     manifest = _build(path, cols, dict(t.meta), trusted=False)
-    if cache is not None:
+    if cache is not None and write_cache:
         manifestcache.save(cache, st, dict(manifest.meta), {**cols, "obsid": [r.obsid.text for r in manifest.rows]})
     return manifest
 

@@ -176,9 +176,9 @@ def read_records(paths: RunPaths, obsids: Iterable[str]) -> dict[str, StatusReco
     return records
 
 
-def snapshot(paths: RunPaths, use_index: bool = True) -> Snapshot:
+def snapshot(paths: RunPaths, use_index: bool = True, write_index: bool = True) -> Snapshot:
     """Every record of the run directory, read through the status index (core/statusindex.py)."""
-    return load_snapshot(paths, parse_record, use_index=use_index)
+    return load_snapshot(paths, parse_record, use_index=use_index, write_index=write_index)
 
 
 def effective_state(record: StatusRecord | None, paths: RunPaths, config_hash: str,
@@ -238,8 +238,10 @@ class RunSummary:
     opens: int = 0  # record files opened to build it (core/statusindex.py)
 
     @classmethod
-    def collect(cls, manifest: Manifest, paths: RunPaths, config_hash: str, use_index: bool = True) -> "RunSummary":
-        snap = snapshot(paths, use_index)
+    def collect(cls, manifest: Manifest, paths: RunPaths, config_hash: str, use_index: bool = True,
+                write_index: bool = True) -> "RunSummary":
+        """States of every manifest row; `write_index=False` writes nothing (for `--dry-run`)."""
+        snap = snapshot(paths, use_index, write_index)
         out = []
         records, bad, lcs = snap.records, snap.unreadable, snap.lc_present
         i_state, i_hash = _NAMES.index("state"), _NAMES.index("config_hash")

@@ -150,12 +150,13 @@ def _usable(entry: Any, mtime: int, keys: tuple[str, ...]) -> bool:
     return isinstance(entry, dict) and entry.get("mtime") == mtime and all(k in entry for k in keys)
 
 
-def load_snapshot(paths: RunPaths, parse: Parser, use_index: bool = True) -> Snapshot:
+def load_snapshot(paths: RunPaths, parse: Parser, use_index: bool = True, write_index: bool = True) -> Snapshot:
     """Every record (through the index where it is provably current) and which light curves exist.
 
     `parse` turns a record file's bytes into its field list or a reason. The
     index holds only what `parse` returned, and is ignored whole when its
     checksum does not match (a damaged or hand-edited index is never trusted).
+    `write_index=False` reads through the index but writes nothing (`--dry-run`).
     """
     snap = Snapshot()
     index = _load_index(paths.status_index) if use_index else {}
@@ -167,7 +168,7 @@ def load_snapshot(paths: RunPaths, parse: Parser, use_index: bool = True) -> Sna
 
         def started() -> int | None:
             nonlocal start_ns
-            if start_ns is None and use_index:
+            if start_ns is None and use_index and write_index:
                 start_ns = writer.start()
             return start_ns
 
@@ -212,7 +213,7 @@ def load_snapshot(paths: RunPaths, parse: Parser, use_index: bool = True) -> Sna
             if entry["mtime"] is not None:
                 fresh["lc"][shard] = entry
             snap.lc_present.update(entry["names"])
-        if changed and use_index:
+        if changed and use_index and write_index:
             writer.commit(fresh)
     return snap
 

@@ -312,7 +312,7 @@ def _manifest_for_submit(config: Config, dry_run: bool) -> Manifest:
     """The manifest; planned and written when absent (a dry run plans in memory and writes nothing)."""
     paths = RunPaths(config.run_dir)
     if paths.manifest.is_file():
-        return read_manifest(paths.manifest)
+        return read_manifest(paths.manifest, write_cache=not dry_run)
     if dry_run:
         from rxte_hpc.plan.planner import plan
 
@@ -353,8 +353,8 @@ def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, p
     """`rxte-hpc rerun`: resubmit only tasks whose ObsIDs are missing/interrupted (from the records) as sparse arrays."""
     validate_slurm(config)
     paths = RunPaths(config.run_dir)
-    manifest = read_manifest(paths.manifest)
-    summary = RunSummary.collect(manifest, paths, config.hash())
+    manifest = read_manifest(paths.manifest, write_cache=not dry_run)
+    summary = RunSummary.collect(manifest, paths, config.hash(), write_index=not dry_run)  # --dry-run writes nothing
     wanted = summary.tasks_to_rerun(include_failed)
     queued = _queued_tasks(paths) if wanted else set()
     if queued & set(wanted):
