@@ -9,9 +9,11 @@ and that every HDU carries them.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,26 @@ def test_a_stdprod_run_writes_files_that_pass_fitsverify(demo_run, tmp_path):
     assert main(["run", str(cfg), "--workers", "1"]) == 0
     files = _written(tmp_path / "run")
     assert (tmp_path / "run" / "merged.lc") in files and len(files) == len(archive.observations) + 1
+    assert verify(files) == {}
+    assert_checksums(files)
+
+
+def test_a_heasoft_backend_run_writes_files_that_pass_fitsverify(demo_run, tmp_path):
+    """The heasoft backend through the stand-in HEASoft (real task names, .par files, output formats)."""
+    archive, _ = demo_run
+    standin = REPO / "tests" / "heasoft_standin"
+    cfg = tmp_path / "heasoft.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "source": {"kind": "archive"}, "archive": {"root": str(archive.root)},
+        "scratch": {"root": str(tmp_path / "s")}, "target": {"name": "eta car", "ra": 161.2647, "dec": -59.6844},
+        "extract": {"backend": "heasoft", "runner": "exec", "bands": {"soft": [2, 4], "hard": [4, 9]}},
+        "gather": {"hardness": [["hard", "soft"]]}}))
+    env = {**os.environ, "HEADAS": str(standin), "PATH": f"{standin / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "rxte_hpc", "run", str(cfg), "--workers", "1"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = _written(tmp_path / "run")
+    assert len(files) == len(archive.observations) + 3
     assert verify(files) == {}
     assert_checksums(files)
 
