@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import io
 import os
 import shutil
@@ -49,9 +50,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cached_archive(n_obs: int) -> Path:
-    """The simulated campaign, made once per size (a `.complete` marker says it is whole)."""
+    """The simulated campaign, made once per size and simulator version (a `.complete` marker says it is whole).
+
+    The version is a digest of the simulator's source, so a cache made by an older simulator is never reused.
+    """
     cache = Path(os.environ.get("RXTE_BENCH_CACHE", Path(__file__).resolve().parent / ".cache"))
-    root = cache / f"etacar-{n_obs}"
+    sim = Path(simulate_archive.__code__.co_filename).parent
+    version = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(sim.glob("*.py")))).hexdigest()[:10]
+    root = cache / f"etacar-{n_obs}-{version}"
     if not (root / ".complete").is_file():
         t0 = time.perf_counter()
         simulate_archive(root, n_obs=n_obs, seed=SEED)
