@@ -4,7 +4,8 @@
 pointing here starts, per ObsID, `$HEADAS/bin/pcaprepobsid` as a shell whose
 child `sleep` is the grandchild a real Perl task's ftools would be. Each
 leaves `<markers>/tool-<obsid>` and `<markers>/sleep-<obsid>` holding their
-pids (and the first ObsID's name in `<markers>/.first/obsid`). The first ObsID to start sleeps RXTE_TEST_SLEEP_FIRST seconds, every
+pids (and the first ObsID's name in `<markers>/.first/obsid`). The first
+ObsID to start sleeps RXTE_TEST_SLEEP_FIRST seconds, every
 later one RXTE_TEST_SLEEP seconds; then the task fails the way real Perl
 tasks do (status -1, exit 0), so each ObsID ends `failed` (data).
 """
@@ -16,8 +17,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "heasoft_standin"
 
@@ -25,11 +24,15 @@ PCAPREPOBSID = """#!/bin/sh
 obs=unknown
 for a in "$@"; do case "$a" in indir=*) obs=$(basename "${a#indir=}");; esac; done
 first=no
-if mkdir "$RXTE_TEST_MARKERS/.first" 2>/dev/null; then first=yes; s="${RXTE_TEST_SLEEP_FIRST:-60}"; else s="${RXTE_TEST_SLEEP:-60}"; fi
+s="${RXTE_TEST_SLEEP:-60}"
+if mkdir "$RXTE_TEST_MARKERS/.first" 2>/dev/null; then first=yes; s="${RXTE_TEST_SLEEP_FIRST:-60}"; fi
 echo "$$" > "$RXTE_TEST_MARKERS/tool-$obs"
 sleep "$s" &
 echo "$!" > "$RXTE_TEST_MARKERS/sleep-$obs"
-if [ $first = yes ]; then echo "$obs" > "$RXTE_TEST_MARKERS/.first/obsid.tmp" && mv "$RXTE_TEST_MARKERS/.first/obsid.tmp" "$RXTE_TEST_MARKERS/.first/obsid"; fi
+if [ $first = yes ]; then
+  echo "$obs" > "$RXTE_TEST_MARKERS/.first/obsid.tmp"
+  mv "$RXTE_TEST_MARKERS/.first/obsid.tmp" "$RXTE_TEST_MARKERS/.first/obsid"
+fi
 wait
 echo "Task pcaprepobsid 1.0 terminating with status -1"
 """
@@ -111,8 +114,3 @@ def kill_leftovers(markers: Path) -> None:
             except ProcessLookupError:
                 pass
 
-
-@pytest.fixture
-def leftovers(tmp_path):
-    yield tmp_path / "markers"
-    kill_leftovers(tmp_path / "markers")

@@ -116,13 +116,44 @@ def test_full_disk_ends_run_with_one_line_and_nothing_running(archive, tmp_path)
         recs = records(run)
         assert recs, "nothing was recorded before the disk filled"
         assert all(r["state"] != "running" for r in recs), [r for r in recs if r["state"] == "running"]
-        assert any(r["state"] == "failed" and r["error_kind"] == "site" and "disk full" in r["error"] for r in recs)
+        # The first write to fail is either a light curve (its ObsID is then recorded failed) or the
+        # running record of an ObsID about to start (which then never starts).
+        failed = [r for r in recs if r["state"] == "failed"]
+        assert all(r["error_kind"] == "site" and "disk full" in r["error"] for r in failed), failed
+        assert failed or "cannot record that it started" in line, line
         for r in recs:
             if r["state"] == "done":
                 assert read_lightcurve(run / r["output"]).n_rows > 0
         paths = RunPaths(run)
         assert all(read_lightcurve(p).n_rows > 0 for p in paths.lc_files())
     assert not list((tmp_path / "scratch").glob("rxte-hpc-*"))
+
+
+def test_disk_full_during_an_obsid_still_records_it(tmp_path, monkeypatch):
+    """The disk fills while an ObsID extracts: its light curve and a new record cannot be written, yet
+    its running record becomes `failed` (site) in place, in the room the running record reserved."""
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    from workerkit import factory, write_run
+
+    from rxte_hpc.core.manifest import read_manifest
+    from rxte_hpc.core.status import read_record
+    from rxte_hpc.core.errors import SiteError
+    from rxte_hpc.run.worker import run_task
+
+    with tmpfs(tmp_path / "run", "size=200k"):
+        cfg_path = write_run(tmp_path)
+        config = load_config(cfg_path)
+        paths = RunPaths(config.run_dir)
+        manifest = read_manifest(paths.manifest)
+        monkeypatch.setenv("WORKERKIT_FILL", str(tmp_path / "run" / "filler"))
+        with pytest.raises(SiteError, match="disk full"):
+            run_task(config, manifest, 0, extractor_factory=factory("fill"))
+        first, *rest = manifest.rows_for_task(0)
+        rec = read_record(paths, first.obsid.text)
+        assert rec is not None and rec.state == "failed" and rec.error_kind == "site", rec
+        assert "disk full" in rec.error
+        assert all(read_record(paths, r.obsid.text) is None for r in rest)
+        assert list(paths.lc_files()) == []
 
 
 def test_no_usable_scratch_is_a_clear_site_error(archive, tmp_path):

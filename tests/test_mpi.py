@@ -255,7 +255,8 @@ def test_independent_size1_processes_refuse(tmp_path: Path, shared_archive: Path
 
 
 # ---------------------------------------------------------------- ranks that die or are stopped
-def _start_helper(cfg: Path, markers: Path, *launcher: str, delay: float = 0.4, env: dict[str, str] | None = None) -> subprocess.Popen:
+def _start_helper(cfg: Path, markers: Path, *launcher: str, delay: float = 0.4,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [MPIEXEC, *launcher, "-n", "2", sys.executable, str(HELPER), str(cfg), "--markers", str(markers),
            "--delay", str(delay)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env(),

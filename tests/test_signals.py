@@ -21,9 +21,16 @@ from rxte_hpc.core.config import load_config
 from rxte_hpc.core.manifest import read_manifest
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import RunSummary
-from slowtools import alive, env_for, leftovers, make_headas, parent_of, tool_pids, wait_for, write_config  # noqa: F401
+from slowtools import alive, env_for, kill_leftovers, make_headas, parent_of, tool_pids, wait_for, write_config
 
 N_OBS = 12
+
+
+@pytest.fixture
+def leftovers(tmp_path):
+    """Teardown: kill whatever tools a failing test left running."""
+    yield tmp_path / "markers"
+    kill_leftovers(tmp_path / "markers")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,8 @@ def fake_curve(obsid: str) -> LightCurve:
 
 
 class TestExtractor(Extractor):
-    """Modes: 'ok'; 'slow' (sleeps SECONDS per ObsID, leaving a file in scratch); 'fail-<obsid>'."""
+    """Modes: 'ok'; 'slow' (sleeps SECONDS per ObsID, leaving a file in scratch); 'fail-<obsid>';
+    'fill' (fills the file $WORKERKIT_FILL until its disk is full, then returns a curve)."""
 
     __test__ = False
     name = "test"
@@ -69,6 +70,14 @@ class TestExtractor(Extractor):
         tool_log.write(f"extracting {row.obsid}\n")
         if self.mode == "slow":
             time.sleep(self.seconds)
+        if self.mode == "fill" and os.environ.get("WORKERKIT_FILL"):  # the run directory's disk fills up now
+            with open(os.environ["WORKERKIT_FILL"], "ab") as fh:
+                try:
+                    while True:
+                        fh.write(b"x" * 4096)
+                        fh.flush()
+                except OSError:
+                    pass
         if self.mode == f"fail-{row.obsid}":
             raise DataError(f"{row.obsid}: input is corrupt (test)")
         return [fake_curve(row.obsid.text)]

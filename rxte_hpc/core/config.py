@@ -477,11 +477,11 @@ def _cross_checks(cfg: Config) -> None:
             if missing:
                 raise ConfigError(f"{path}: gather.hardness names band {missing[0]!r}, not in extract.bands")
         pairs = [tuple(p) for p in cfg.gather.hardness]
-        for i, pair in enumerate(pairs):
-            if pair[0] == pair[1]:
-                raise ConfigError(f"{path}: gather.hardness[{i}] divides band {pair[0]!r} by itself")
-            if pair in pairs[:i]:
-                raise ConfigError(f"{path}: gather.hardness[{i}] repeats the pair {list(pair)}")
+        for i, (top, bottom) in enumerate(pairs):
+            if top == bottom:
+                raise ConfigError(f"{path}: gather.hardness[{i}] divides band {top!r} by itself")
+            if (top, bottom) in pairs[:i]:
+                raise ConfigError(f"{path}: gather.hardness[{i}] repeats the pair {[top, bottom]}")
     for i, band in enumerate(ex.band_list()):
         if band.energy_kev is None:
             continue

@@ -194,18 +194,15 @@ class TaskRunner:
             return existing
         started = _now()
         t0 = time.monotonic()
-        cannot = self._write(self._record(row, "running", started))
-        if cannot is not None:  # not even a small record fits: extracting would be wasted
-            raise RunDirFailure(f"{obsid}: cannot record that it started: {cannot}")
-        wrote_running = True
-        try:
+        wrote_running = False
+        try:  # from the running record on: a signal anywhere here still leaves a final record
+            cannot = self._write(self._record(row, "running", started))
+            if cannot is not None:  # not even a small record fits: extracting would be wasted
+                raise RunDirFailure(f"{obsid}: cannot record that it started: {cannot}")
+            wrote_running = True
             record = self._extract(row, started, t0)
         except Interrupted as stop:
-            record = self._record(
-                row, "interrupted", started, t0, error=f"interrupted by signal {stop.signum}", error_kind="site"
-            )
-            self._write_final(record, wrote_running)
-            self._say(f"{obsid} interrupted by signal {stop.signum}")
+            self._interrupted(row, started, t0, stop)
             raise
         except RunDirFailure as exc:
             record = self._record(row, "failed", started, t0, error=str(exc), error_kind="site")
@@ -213,7 +210,11 @@ class TaskRunner:
             self._count("failed")
             self._say(f"{obsid} failed: {exc}; stopping this task")
             raise
-        problem = self._write_final(record, wrote_running)
+        try:
+            problem = self._write_final(record, wrote_running)
+        except Interrupted:  # the signal came while publishing the result: publish it again, then stop
+            self._write_final(record, True)
+            raise
         self.busy_seconds += record.seconds or 0.0
         self._count(record.state)
         tail = f": {record.error}" if record.error else ""
@@ -221,6 +222,13 @@ class TaskRunner:
         if problem is not None:
             raise RunDirFailure(f"{obsid}: cannot record its result: {problem}")
         return record
+
+    def _interrupted(self, row: ManifestRow, started: str, t0: float, stop: Interrupted) -> None:
+        """Record the ObsID in flight as interrupted (whatever had been written for it)."""
+        record = self._record(row, "interrupted", started, t0, error=f"interrupted by signal {stop.signum}",
+                              error_kind="site")
+        self._write_final(record, True)
+        self._say(f"{row.obsid} interrupted by signal {stop.signum}")
 
     def _extract(self, row: ManifestRow, started: str, t0: float) -> StatusRecord:
         assert self.workspace is not None and self.extractor is not None

@@ -260,12 +260,16 @@ def _prepare(config: Config, factory: ExtractorFactory, gather: bool) -> Manifes
     return manifest
 
 
+def _nothing() -> None:
+    """What rank 0 does between its own ObsIDs when a helper thread serves the other ranks."""
+
+
 def _static_tasks(manifest: Manifest, rank: int, size: int) -> list[int]:
     return [t for t in range(manifest.n_tasks) if t % size == rank]
 
 
 def _run_static(config: Config, manifest: Manifest, rank: int, size: int, tally: _Tally, *, force: bool,
-                factory: ExtractorFactory, between: Callable[[], None]) -> None:
+                factory: ExtractorFactory, between: Callable[[], object]) -> None:
     """This rank's tasks, each exactly as array element `t` runs it (same labels, same records)."""
     for task in _static_tasks(manifest, rank, size):
         identity = WorkerIdentity.for_task(task, rank=rank)
@@ -315,7 +319,7 @@ def _rank0(config: Config, manifest: Manifest, channel: Channel | None, MPI: Any
         # hsp_runner.task_calls refuses a second thread).
         thread = threading.Thread(target=dispatcher.run_thread, name="rxte-hpc-dispatcher", daemon=True)
         thread.start()
-        between: Callable[[], None] = lambda: None
+        between: Callable[[], object] = _nothing
     else:
         between = dispatcher.service
     log.info("rank 0: dispatching %d ObsIDs to %d ranks (%s)", len(queue), size,
@@ -326,8 +330,8 @@ def _rank0(config: Config, manifest: Manifest, channel: Channel | None, MPI: Any
         else:
             with TaskRunner(config, manifest, _rank_identity(0), force=force, extractor_factory=factory) as runner:
                 tally.runners.append(runner)
-                while (i := dispatcher.take_local()) is not None:
-                    tally.note(runner.process(rows[i]).seconds)
+                while (pos := dispatcher.take_local()) is not None:
+                    tally.note(runner.process(rows[pos]).seconds)
                     between()
         dispatcher.local_finished()
         pause = 0.001
@@ -419,7 +423,8 @@ def format_rank_table(reports: Sequence[RankReport], wall_s: float) -> str:
     for r in reports:
         share = 100.0 * r.busy_s / wall_s if wall_s > 0 else 0.0
         results = ", ".join(f"{n} {k}" for k, n in r.counts) or "-"
-        lines.append(f"{r.rank:>4}  {r.host[:16]:<16} {r.pid:>7}  {r.obsids:>6}  {r.busy_s:>8.1f}  {share:>6.0f}  {r.state:<11} {results}")
+        lines.append(f"{r.rank:>4}  {r.host[:16]:<16} {r.pid:>7}  {r.obsids:>6}  {r.busy_s:>8.1f}  {share:>6.0f}  "
+                     f"{r.state:<11} {results}")
     total_obs = sum(r.obsids for r in reports)
     total_busy = sum(r.busy_s for r in reports)
     lines.append(f"{'all':>4}  {'':<16} {'':>7}  {total_obs:>6}  {total_busy:>8.1f}  wall {wall_s:.1f} s")
@@ -436,9 +441,10 @@ def record_lost_ranks(config: Config, manifest: Manifest, lost: Sequence[RankRep
     by_rank = {(r.rank, r.host): r for r in lost}
     for row in manifest.rows:
         rec = read_record(paths, row.obsid.text)
-        if rec is None or rec.state != "running" or (rec.rank, rec.host) not in by_rank:
+        key = (-1 if rec is None or rec.rank is None else rec.rank, "" if rec is None else rec.host)
+        if rec is None or rec.state != "running" or key not in by_rank:
             continue
-        r = by_rank[(rec.rank, rec.host)]
+        r = by_rank[key]
         why = f"MPI rank {r.rank} ({r.host} pid {r.pid}) was lost (killed, or silent too long) during this ObsID"
         try:
             write_record(paths, dataclasses.replace(rec, state="failed", finished=_utc_now(), error=why,

@@ -241,7 +241,8 @@ class Dispatcher:
                     state.report.host,
                     state.report.pid,
                     now - state.last_seen,
-                    "its ObsID in flight is recorded failed (site) at the end" if state.outstanding is not None else "it had no ObsID",
+                    "its ObsID in flight is recorded failed (site) at the end"
+                    if state.outstanding is not None else "it had no ObsID",
                 )
 
     def run_thread(self) -> None:
