@@ -294,9 +294,9 @@ def _finish_with_run_task(cfg: Path) -> None:
 LOST_ENV = {"RXTE_HPC_MPI_HEARTBEAT_S": "0.2", "RXTE_HPC_MPI_DEAD_AFTER_S": "1.5"}
 
 
-def _lose_rank_1(proc: subprocess.Popen, markers: Path, signum: int) -> tuple[str, str]:
+def _lose_rank_1(proc: subprocess.Popen, markers: Path, signum: int, start_s: float = 30.0) -> tuple[str, str]:
     try:
-        _wait_for(lambda: markers.is_dir() and any(markers.glob("r1-*")))
+        _wait_for(lambda: markers.is_dir() and any(markers.glob("r1-*")), timeout=start_s)
         os.kill(_rank_pid(markers, 1), signum)
         return proc.communicate(timeout=40)
     finally:
@@ -371,7 +371,7 @@ def test_lost_rank_is_survived_under_srun(tmp_path: Path, shared_archive: Path) 
            str(HELPER), str(cfg), "--markers", str(markers), "--delay", "0.3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(**LOST_ENV), cwd=cfg.parent, start_new_session=True)
-    out, err = _lose_rank_1(proc, markers, signal.SIGKILL)
+    out, err = _lose_rank_1(proc, markers, signal.SIGKILL, start_s=120.0)  # the node may be busy: srun waits
     assert proc.returncode != 0
     _assert_survived(tmp_path, cfg, out, err)
 
