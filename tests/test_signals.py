@@ -212,3 +212,40 @@ def test_die_with_parent_kills_the_child_when_its_parent_is_killed(tmp_path):
         if parent.poll() is None:
             parent.kill()
         parent.communicate()
+
+
+def test_second_signal_during_cleanup_exits_at_once_and_runs_emergency_callbacks(tmp_path):
+    """run/signals.py itself: the first signal raises Interrupted; one during the (slow) cleanup ends the process."""
+    flag = tmp_path / "emergency-ran"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from rxte_hpc.core.errors import Interrupted\n"
+        "from rxte_hpc.run.signals import interrupt_on_signals, on_second_signal\n"
+        "with interrupt_on_signals(), on_second_signal(lambda: Path(sys.argv[1]).write_text('yes')):\n"
+        "    try:\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    except Interrupted:\n"
+        "        print('cleaning', flush=True)\n"
+        "        time.sleep(60)  # a cleanup stuck on a dead filesystem\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(flag)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline().strip() == "cleaning"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert took < 2.0
+    assert proc.returncode == 128 + signal.SIGINT
+    assert "Traceback" not in err and err.strip() == "rxte-hpc: second signal 2: exiting at once", err
+    assert flag.read_text() == "yes"

@@ -183,6 +183,9 @@ class WorkerPool:
                         self._close_stdin(w)  # nothing more for it: it exits
                 self._poll(0.2, on_done, on_lost, replace=bool(todo))
             self._shutdown(on_done, on_lost)
+        except BaseException:  # a failure of the pool itself: no worker may outlive it, none is left unrecorded
+            self._terminate()
+            raise
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -247,6 +250,21 @@ class WorkerPool:
                     w.killed_by_us = True
                     _kill(w.proc.pid, signal.SIGKILL)
             self._poll(0.1, on_done, on_lost, replace=False)
+
+
+    def _terminate(self) -> None:
+        """Stop every worker as a signal would (they record their ObsIDs), then kill what remains."""
+        for w in self._workers:
+            self._close_stdin(w)
+            if w.proc.poll() is None:
+                _kill(w.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        for w in self._workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill(w.proc.pid, signal.SIGKILL)
+                w.proc.wait()
 
 
 def _kill(pid: int, signum: int) -> None:
