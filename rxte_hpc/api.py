@@ -15,15 +15,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
-
-from astropy.table import Table
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rxte_hpc.core.config import Config, load_config
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.manifest import Manifest, read_manifest
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import RunSummary, StatusRecord
+from rxte_hpc.core.statusreport import StatusReport
+
+if TYPE_CHECKING:  # astropy.table costs ~0.35 s to import: only the calls that return a Table pay it
+    from astropy.table import Table
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class Products:
 
     def table(self, band: str | None = None, target: str | None = None) -> Table:
         """The merged light curve (its RATE extension) as an astropy Table; the FITS header is in `.meta`."""
+        from astropy.table import Table
+
         path = self.path(band, target)
         table = Table.read(path, hdu="RATE", format="fits")
         table.meta["FILENAME"] = str(path)
@@ -179,11 +183,20 @@ class Campaign:
         """The state of every ObsID from its status record: counts per state and task, failures with errors."""
         return RunSummary.collect(self.manifest(), self.paths, self.config.hash())
 
-    def scheduler_states(self) -> dict[str, Any]:
-        """What Slurm says of this campaign's submitted jobs (one squeue call)."""
-        from rxte_hpc.run.slurm.submit import scheduler_states
+    def report(self, summary: RunSummary | None = None, scheduler: bool = False) -> StatusReport:
+        """The status as a structured summary: counts per state and target, why ObsIDs are not done, per task.
 
-        return scheduler_states(self.config)
+        With `scheduler`, one squeue call adds what Slurm says: stale `running`
+        records of ended jobs, array elements that ended without records (with
+        the tail of their log).
+        """
+        summary = self.status() if summary is None else summary
+        queue: dict[str, Any] | None = None
+        if scheduler:
+            from rxte_hpc.run.slurm.queue import scheduler_report
+
+            queue = scheduler_report(self.config, summary)
+        return StatusReport.build(summary, self.config.run_dir, self.manifest().n_tasks, queue)
 
     def gather(self, allow_missing: bool = False) -> Products:
         """Merge the per-ObsID light curves into the configured products; see `Products`."""

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from rxte_hpc.core.version import __version__
 from rxte_hpc.api import Campaign, Products
 from rxte_hpc.core.errors import Interrupted, RxteError, UsageError
-from rxte_hpc.core.status import RunSummary, format_counts
+from rxte_hpc.core.statusreport import format_status
 
 log = logging.getLogger("rxte_hpc")
 
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", parents=[common], help="write <run_dir>/manifest.ecsv")
     _add_config(p)
-    p.add_argument("--dry-run", action="store_true", help="print the query, ObsID and task counts and time estimate; write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the query, ObsID and task counts and time estimate; write nothing")
     p.add_argument("--force", action="store_true", help="overwrite a manifest whose tasks already ran")
     p.add_argument("--plot", action="store_true", help="also write the exposure-versus-time plot of the plan")
 
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--slurm", action="store_true", help="task = SLURM_ARRAY_TASK_ID + RXTE_HPC_TASK_OFFSET")
     which.add_argument("--mpi", action="store_true", help="all tasks over MPI COMM_WORLD ranks")
     p.add_argument("--force", action="store_true", help="redo ObsIDs that are already done")
-    p.add_argument("--schedule", choices=("dynamic", "static"), default="dynamic", help="--mpi: ObsIDs to free ranks (dynamic) or each rank its tasks (static)")
+    p.add_argument("--schedule", choices=("dynamic", "static"), default="dynamic",
+                   help="--mpi: ObsIDs to free ranks (dynamic) or each rank its tasks (static)")
     p.add_argument("--gather", action="store_true", help="--mpi: rank 0 gathers when all ranks finish")
 
     p = sub.add_parser("submit", parents=[common], help="sbatch the array(s) and the dependent gather")
@@ -79,10 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print rendered scripts and sbatch commands; submit nothing")
     p.add_argument("--mpi", action="store_true", help="one allocation running the MPI executor instead of an array")
 
-    p = sub.add_parser("status", parents=[common], help="per-task and per-ObsID state, from the status records")
+    p = sub.add_parser("status", parents=[common], help="a summary per state and target from the status records")
     _add_config(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--scheduler", action="store_true", help="also ask squeue once for pending/running elements")
+    p.add_argument("--scheduler", action="store_true",
+                   help="also ask squeue once: pending/running elements, stale running records, elements without records")
+    p.add_argument("--tasks", action="store_true", help="also one line per task")
 
     p = sub.add_parser("fetch", parents=[common], help="pre-stage remote archive files into the cache")
     _add_config(p)
@@ -212,36 +216,17 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return _campaign(args).rerun(dry_run=args.dry_run, include_failed=args.include_failed)
 
 
-def _print_status(campaign: Campaign, summary: RunSummary, scheduler: dict | None) -> None:
-    manifest_tasks = len(summary.per_task())
-    print(f"{campaign.config.run_dir}: {len(summary.states)} ObsIDs in {manifest_tasks} tasks: "
-          f"{format_counts(summary.counts())}")
-    for task, counts in summary.per_task().items():
-        if set(counts) - {"done", "no_data"}:
-            print(f"  task {task:5d}: {format_counts(counts)}")
-    for s in summary.with_state("failed", "interrupted"):
-        kind = s.record.error_kind if s.record else None
-        error = (s.record.error if s.record else "") or "no error recorded"
-        print(f"  {s.obsid} (task {s.task}) {s.state} [{kind or 'unknown'}]: {error}")
-    missing = summary.with_state("missing", "running")
-    if missing:
-        names = ", ".join(s.obsid for s in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        print(f"  not done ({len(missing)}): {names}")
-    if scheduler is not None:
-        print(f"  scheduler: {scheduler.get('summary', scheduler)}")
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
     summary = campaign.status()
-    scheduler = campaign.scheduler_states() if args.scheduler else None
+    report = campaign.report(summary, scheduler=args.scheduler)
     if args.json:
         data = summary.to_json()
-        if scheduler is not None:
-            data["scheduler"] = scheduler
+        if report.scheduler is not None:
+            data["scheduler"] = report.scheduler
         print(json.dumps(data, indent=1))
     else:
-        _print_status(campaign, summary, scheduler)
+        print(format_status(report, tasks=args.tasks))
     return 0 if summary.complete else 1
 
 

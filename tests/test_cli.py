@@ -74,6 +74,14 @@ def test_whole_run_then_status_and_gather(tmp_path, archive, capsys):
     assert main(["status", str(cfg), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["counts"]["done"] == n_good and data["counts"]["failed"] == len(failed)
+    # the default text is a summary: failures grouped by error with example ObsIDs, no line per task
+    assert main(["status", str(cfg)]) == 1
+    text = capsys.readouterr().out
+    assert f"{len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks" in text
+    assert all(o in text for o in failed) and "failed [data]" in text and "task " not in text
+    assert main(["status", str(cfg), "--tasks", "-v"]) == 1  # -v after the verb is accepted
+    listed = capsys.readouterr().out
+    assert all(f"task {t:5d}:" in listed for t in range(manifest.n_tasks))
     # gather --allow-missing: exit 0, same file contents for the used ObsIDs
     assert main(["gather", str(cfg), "--allow-missing"]) == 0
     lc = read_lightcurve(merged)
