@@ -112,7 +112,7 @@ def _inner(cfg: Path, schedule: str) -> int:
     wall = time.perf_counter() - t0
     if os.environ.get("PMI_RANK", "0") == "0":
         busy: dict[int, float] = {}
-        for path in RunPaths(load_config(cfg).run_dir).status_dir.glob("*.json"):
+        for path in RunPaths(load_config(cfg).run_dir).status_files():
             record = json.loads(path.read_text())
             busy[record["rank"]] = busy.get(record["rank"], 0.0) + (record["seconds"] or 0.0)
         print("RESULT " + json.dumps({"wall_s": wall, "code": code, "busy_s": [busy[k] for k in sorted(busy)]}), flush=True)

@@ -32,7 +32,15 @@ CONF=/etc/slurm/slurm.conf      # default path compiled into every Slurm tool
 TIMEOUT=${SLURM_CI_TIMEOUT:-60}
 log() { printf '[start-slurm %s] %s\n' "$(date +%T)" "$*" >&2; }
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
-running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A daemon is running when its pid file names a live process; when the pid file is gone (its directory was
+# deleted) but the daemon still runs, the pid file is written again from the process table, so a restart
+# below kills the old daemon instead of starting a second one that cannot bind its port.
+running() {
+  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && return 0
+  local pid
+  pid=$(pgrep -xo "$(basename "$1" .pid)" 2>/dev/null) || return 1
+  mkdir -p "$(dirname "$1")" && echo "$pid" > "$1"
+}
 
 [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
 case "$MAX_ARRAY" in ''|*[!0-9]*) log "SLURM_CI_MAX_ARRAY must be a number, not '$MAX_ARRAY'"; exit 2 ;; esac
