@@ -3,7 +3,7 @@
 Each worker process (`pool.py`) runs exactly what an array element runs
 (`worker.run_task`), so a local run, a Slurm array and `work --task I`
 produce identical records.
-Progress is a bar on a terminal and plain lines in a batch log.
+Progress is a bar on a terminal and sparse plain lines in a batch log (core.progress).
 """
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import dataclasses
 import logging
 import os
 import socket
-import sys
-import time
 from datetime import datetime, timezone
-from typing import Sequence, TextIO
+from typing import Sequence
 
 from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import RxteError, SiteError, UsageError
 from rxte_hpc.core.manifest import Manifest
 from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.core.progress import ProgressLine
 from rxte_hpc.core.scratch import candidate_roots, reap_stale
 from rxte_hpc.core.status import effective_state, read_record, write_record
 from rxte_hpc.run.pool import Done, Lost, WorkerPool
@@ -40,39 +39,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class Progress:
-    """A one-line bar on a terminal; a plain line per step elsewhere (batch logs)."""
-
-    def __init__(self, total_tasks: int, total_obsids: int, stream: TextIO | None = None) -> None:
-        self.total_tasks = total_tasks
-        self.total_obsids = total_obsids
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty()
-        self.tasks = 0
-        self.obsids = 0
-        self.failed = 0
-        self.t0 = time.monotonic()
-
-    def update(self, n_obsids: int, n_failed: int) -> None:
-        self.tasks += 1
-        self.obsids += n_obsids
-        self.failed += n_failed
-        elapsed = time.monotonic() - self.t0
-        text = (
-            f"{self.tasks}/{self.total_tasks} tasks, {self.obsids}/{self.total_obsids} ObsIDs, "
-            f"{self.failed} failed, {elapsed:.0f} s"
-        )
-        if self.tty:
-            width = 30
-            filled = int(width * self.tasks / max(1, self.total_tasks))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}")
-            if self.tasks == self.total_tasks:
-                self.stream.write("\n")
-        else:
-            self.stream.write(f"progress: {text}\n")
-        self.stream.flush()
-
-
 def run_local(config: Config, manifest: Manifest, *, workers: int | None = None, force: bool = False) -> dict[str, int]:
     """Run every task on `workers` processes; return counts of final ObsID states.
 
@@ -84,14 +50,21 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
     A worker killed outright (SIGKILL, OOM) is replaced and the run goes on;
     the ObsID it held is recorded `failed` (site), its scratch reaped and its
     tool processes killed before this returns. A task stopped by a machine
-    failure (a full or read-only run directory) does not stop the others; the
-    first such error is raised at the end, as one line (SiteError, exit 1).
+    failure (a full or read-only run directory) stops the handing out of
+    tasks (the others would meet it too); the busy ones finish, and the error
+    is raised as one line (SiteError, exit 1). `rerun`/`run` does the rest.
     """
     preflight(config, manifest)
     workers = max(1, min(workers or default_workers(), manifest.n_tasks))
     tasks = list(range(manifest.n_tasks))
-    progress = Progress(len(tasks), len(manifest.rows))
     counts: dict[str, int] = {}
+    tally = {"obsids": 0, "failed": 0}
+
+    def describe(done: int, elapsed_s: float) -> str:
+        return (f"{done}/{len(tasks)} tasks, {tally['obsids']}/{len(manifest.rows)} ObsIDs, "
+                f"{tally['failed']} failed, {elapsed_s:.0f} s")
+
+    progress = ProgressLine(len(tasks), describe)
     stopped: list[Done] = []
     lost: list[Lost] = []
     paths = RunPaths(config.run_dir)
@@ -100,11 +73,15 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
     def add(states: Sequence[str]) -> None:
         for state in states:
             counts[state] = counts.get(state, 0) + 1
-        progress.update(len(states), sum(s == "failed" for s in states))
+        tally["obsids"] += len(states)
+        tally["failed"] += sum(s == "failed" for s in states)
+        progress.advance()
 
     def on_done(done: Done) -> None:
         if done.error is not None:
-            log.error("task %d stopped: %s", done.task, done.error)
+            if not stopped:  # the run directory or the machine failed: every other task would meet it too
+                log.error("task %d stopped: %s; starting no more tasks", done.task, done.error)
+                pool.drain()
             stopped.append(done)
             add(_task_states(config, manifest, paths, done.task))
         else:
@@ -124,6 +101,7 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
     if stopped:
         first = stopped[0]
         more = f" (and {len(stopped) - 1} more tasks)" if len(stopped) > 1 else ""
+        log.info("%d of %d tasks not started after that", len(tasks) - progress.done, len(tasks))
         raise _error_like(first.exit_code, f"task {first.task} stopped: {first.error}{more}")
     return counts
 

@@ -103,6 +103,11 @@ class WorkerPool:
         self.stop_signal: int | None = None
         self._hurry = False
         self._start_failures = 0
+        self._draining = False
+
+    def drain(self) -> None:
+        """Hand out no more tasks; the busy workers finish theirs (a failure every task would meet)."""
+        self._draining = True
 
     # ---------------------------------------------------------------- processes
     def _env(self) -> dict[str, str]:
@@ -173,6 +178,8 @@ class WorkerPool:
             for _ in range(min(self.n, len(todo))):
                 self._start()
             while self._workers and self.stop_signal is None:
+                if self._draining:
+                    todo.clear()
                 busy = any(w.task is not None for w in self._workers)
                 if not todo and not busy:
                     break

@@ -377,6 +377,11 @@ def run_task(
 ) -> list[StatusRecord]:
     """What array element `task` runs (and `work --task`): every ObsID of the task."""
     rows = manifest.rows_for_task(task)
+    if not force:  # a finished task writes nothing at all (no scratch, no task log): a read-only run works
+        paths, config_hash = RunPaths(config.run_dir), config.hash()
+        existing = [read_record(paths, row.obsid.text) for row in rows]
+        if all(is_done(rec, paths, config_hash) for rec in existing):
+            return [rec for rec in existing if rec is not None]
     identity = WorkerIdentity.for_task(task, slurm_job=slurm_job, rank=rank)
     with TaskRunner(config, manifest, identity, force=force, extractor_factory=extractor_factory) as runner:
         return [runner.process(row) for row in rows]
