@@ -94,7 +94,7 @@ class Campaign:
         """Plan the ObsIDs into tasks and write the manifest (not with `dry_run`); returns the manifest."""
         from rxte_hpc.plan import planner
 
-        manifest = planner.plan(self.config)
+        manifest = planner.plan(self.config, dry_run=dry_run)
         if not dry_run:
             planner.write_manifest(self.config, manifest, force=force)
         return manifest

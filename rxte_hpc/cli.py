@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the query, ObsID and task counts and time estimate; write nothing")
     p.add_argument("--force", action="store_true", help="overwrite a manifest whose tasks already ran")
-    p.add_argument("--plot", action="store_true", help="also write the exposure-versus-time plot of the plan")
+    p.add_argument("--plot", action="store_true",
+                   help="also write the exposure-versus-time plot of the plan (of the existing one, if there is one)")
 
     p = sub.add_parser("run", parents=[common], help="plan (if needed), extract every task locally, gather")
     _add_config(p)
@@ -166,6 +167,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
+    if args.plot and not (args.force or args.dry_run) and campaign.paths.manifest.is_file():
+        # the plot of the plan that is already there: replanning would need --force once tasks ran
+        from rxte_hpc.products.plot import plot_exposure
+
+        manifest = campaign.manifest()
+        print(f"{campaign.paths.manifest}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks (kept)")
+        print(f"wrote {plot_exposure(manifest, campaign.paths.manifest.with_name('exposure.png'))}")
+        return 0
     manifest = campaign.plan(force=args.force, dry_run=args.dry_run)
     if args.dry_run:
         print(campaign.describe_plan(manifest))

@@ -170,3 +170,33 @@ def test_simulate_command_lists_broken(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "broken" in out.lower()
     assert list((tmp_path / "a").glob("AO*/P*/*-*-*-*"))
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_plan_dry_run_on_a_simulated_archive_writes_nothing_anywhere(tmp_path, capsys):
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    demo.update(run_dir=str(tmp_path / "run"), scratch={"root": str(tmp_path / "scratch")}, simulate={"n_obs": 7, "seed": 2})
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump(demo))
+    before = _tree(tmp_path)
+    assert main(["plan", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert _tree(tmp_path) == before, "a dry run wrote files"
+    assert "ObsIDs: 7 in" in out and "not generated" in out and "time estimate: none for the native backend" in out
+    # the real plan of the same config has the same ObsIDs
+    assert main(["plan", str(cfg)]) == 0
+    assert len(read_manifest(tmp_path / "run" / "manifest.ecsv").rows) == 7
+
+
+def test_plan_plot_draws_the_existing_plan_after_tasks_ran(tmp_path, archive, capsys):
+    cfg = make_config(tmp_path, archive.root, backend="stdprod", chmin=None, chmax=None)
+    main(["run", str(cfg)])
+    before = (tmp_path / "run" / "manifest.ecsv").read_bytes()
+    capsys.readouterr()
+    assert main(["plan", str(cfg), "--plot"]) == 0
+    out = capsys.readouterr().out
+    assert "(kept)" in out and (tmp_path / "run" / "exposure.png").stat().st_size > 5_000
+    assert (tmp_path / "run" / "manifest.ecsv").read_bytes() == before

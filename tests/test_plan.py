@@ -288,14 +288,18 @@ def test_describe_plan_gives_counts_exposure_and_times(tmp_path):
     with serve_tap(xtemaster_rows(ETA)) as tap:
         cfg = tap_config(tmp_path, tap.url)
         manifest = plan(cfg)
-    text = describe_plan(cfg, manifest)
+    heasoft = make_config(tmp_path, source={"kind": "tap", "service": tap.url, "maxrec": 100}, extract={"backend": "heasoft"})
+    text = describe_plan(heasoft, manifest)
     assert EXPECTED_ADQL in text and f"TAP {tap.url}" in text
     assert "ObsIDs: 4 in 1 tasks (obs_per_task 8; 4-4 per task" in text and "total exposure: 6.5 ks" in text
-    assert "serial HEASoft estimate: 4 x 15 s = 1.0 min" in text
+    assert "serial HEASoft estimate: 4 x 15 s = 1.0 min (the seed's figure, not measured)" in text
     assert "parallel estimate at width 1: 1.0 min" in text
+    native = make_config(tmp_path, source={"kind": "tap", "service": tap.url, "maxrec": 100}, extract={"backend": "native"})
+    assert "HEASoft estimate" not in describe_plan(native, manifest)
+    assert "time estimate: none for the native backend" in describe_plan(native, manifest)
     wide = plan(make_config(tmp_path, source={"kind": "table", "path": str(_write_formats(tmp_path, xtemaster_rows(ETA))[1])},
                             tasks={"obs_per_task": 1}))
-    text = describe_plan(cfg, wide, workers=2)
+    text = describe_plan(heasoft, wide, workers=2)
     assert "4 in 4 tasks" in text and "parallel estimate at width 2: 0.5 min (x2.0)" in text
 
 

@@ -40,6 +40,11 @@ class LocalArchive(Archive):
             return []
 
 
+def simulated_ready(paths: RunPaths) -> bool:
+    """Whether the run's simulated archive has been generated completely."""
+    return (paths.simulated_archive / ".complete").is_file()
+
+
 def ensure_simulated(config: Config, paths: RunPaths) -> Path:
     """Generate the simulated archive once under <run_dir>/archive (a lock keeps it to one writer)."""
     root = paths.simulated_archive

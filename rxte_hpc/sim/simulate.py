@@ -431,15 +431,21 @@ def _simulate_one(root: Path, obs: SimObs, seed: int, index: int, kind: str | No
 
 
 # ---------------------------------------------------------------- public API
+def planned_observations(n_obs: int, seed: int, with_broken: bool = False) -> list[tuple[SimObs, str | None]]:
+    """The ObsIDs `simulate_archive` would write, with the broken kind of each (None when good), writing nothing."""
+    work: list[tuple[SimObs, str | None]] = [(obs, None) for obs in campaign(n_obs, seed)]
+    if with_broken:
+        work += _broken_obs([w[0] for w in work])
+    return work
+
+
 def simulate_archive(outdir: Path, n_obs: int = 200, seed: int = 1, with_broken: bool = False) -> SimArchive:
     """Write a synthetic archive of `n_obs` ObsIDs (plus 3 broken ones if asked) under `outdir`."""
     if n_obs < 1:
         raise ValueError(f"n_obs must be at least 1, not {n_obs}")
     root = Path(outdir)
     root.mkdir(parents=True, exist_ok=True)
-    work: list[tuple[SimObs, str | None]] = [(obs, None) for obs in campaign(n_obs, seed)]
-    if with_broken:
-        work += _broken_obs([w[0] for w in work])
+    work = planned_observations(n_obs, seed, with_broken)
     jobs = [(root, obs, seed, i, kind) for i, (obs, kind) in enumerate(work)]
     workers = min(len(jobs) // 20, os.cpu_count() or 1, 8)
     if workers > 1:
