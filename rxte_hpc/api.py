@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from rxte_hpc.core.config import Config, load_config
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.manifest import Manifest, read_manifest
+from rxte_hpc.core.obsid import InvalidObsID, ObsID
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import RunSummary, StatusRecord
 from rxte_hpc.core.statusreport import StatusReport
@@ -143,7 +144,11 @@ class Campaign:
         self.check()
         manifest = self.manifest()
         if obsid is not None:
-            row = manifest.row_for_obsid(obsid)
+            try:
+                wanted = ObsID.parse(obsid)
+            except InvalidObsID as exc:  # typed by a person: a usage error (exit 2), not a data failure
+                raise UsageError(f"--obsid: {exc}", obsid=obsid) from None
+            row = manifest.row_for_obsid(wanted)
             with TaskRunner(self.config, manifest, WorkerIdentity(label=f"obsid-{row.obsid}"), force=force) as runner:
                 return [runner.process(row)]
         slurm_job = None

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from rxte_hpc.core.version import __version__
 from rxte_hpc.api import Campaign, Products
-from rxte_hpc.core.errors import Interrupted, RxteError, UsageError
+from rxte_hpc.core.errors import Interrupted, RxteError, SiteError, UsageError
 from rxte_hpc.core.statusreport import format_status
 
 log = logging.getLogger("rxte_hpc")
@@ -160,6 +160,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.n_obs < 1:
         raise UsageError(f"--n-obs must be at least 1, not {args.n_obs}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, not {args.seed}")
+    if args.outdir.exists() and not args.outdir.is_dir():
+        raise UsageError(f"{args.outdir}: exists and is not a directory")
+    try:
+        args.outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SiteError(f"{args.outdir}: cannot create the archive directory ({exc.strerror or exc})",
+                        path=args.outdir, cause=exc) from exc
     archive = simulate_archive(args.outdir, n_obs=args.n_obs, seed=args.seed, with_broken=args.with_broken)
     print(main_summary(archive))
     return 0

@@ -200,3 +200,25 @@ def test_plan_plot_draws_the_existing_plan_after_tasks_ran(tmp_path, archive, ca
     out = capsys.readouterr().out
     assert "(kept)" in out and (tmp_path / "run" / "exposure.png").stat().st_size > 5_000
     assert (tmp_path / "run" / "manifest.ecsv").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["simulate", "{file}", "--n-obs", "2"], "exists and is not a directory"),
+    (["simulate", "{dir}", "--n-obs", "2", "--seed", "-5"], "--seed must be a non-negative integer"),
+])
+def test_simulate_bad_arguments_are_one_line_usage_errors(tmp_path, capsys, argv, what):
+    (tmp_path / "f").write_text("")
+    argv = [a.format(file=tmp_path / "f", dir=tmp_path / "d") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert what in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_work_obsid_that_is_not_an_obsid_is_a_usage_error(tmp_path, archive, capsys):
+    cfg = make_config(tmp_path, archive.root, backend="stdprod", chmin=None, chmax=None)
+    assert main(["plan", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["work", str(cfg), "--obsid", "x;rm -rf /"]) == 2
+    err = capsys.readouterr().err
+    assert "--obsid" in err and "Traceback" not in err and "np.str_" not in err
