@@ -31,7 +31,11 @@ if TYPE_CHECKING:  # astropy.table costs ~0.35 s to import: only the calls that 
 
 @dataclass(frozen=True)
 class Product:
-    """One file a gather wrote: `kind` is lightcurve | hardness | plot; band/target where they apply."""
+    """One file a gather wrote: `kind` is lightcurve | hardness | plot; band (light curves) and target.
+
+    `target` is the configured target (with several `targets:`, each has its
+    own products under `targets/<target>/`), or the one target's name.
+    """
 
     path: Path
     kind: str
@@ -54,9 +58,12 @@ class Products:
         return [p for p in self.paths if p.kind == "lightcurve"]
 
     def path(self, band: str | None = None, target: str | None = None) -> Path:
-        """The merged light curve of one band and target; None picks the only one (UsageError if several)."""
+        """The merged light curve of one band and target (named as configured; case, blanks, '_' and '-'
+        ignored); None picks the only one (UsageError if several)."""
+        from rxte_hpc.core.config import target_key
+
         found = self.lightcurves()
-        found = [p for p in found if target is None or p.target == target]
+        found = [p for p in found if target is None or target_key(p.target or "") == target_key(target)]
         found = [p for p in found if band is None or (p.band or "").lower() == band.lower()]
         if len(found) != 1:
             have = ", ".join(f"band={p.band} target={p.target}" for p in self.lightcurves())
@@ -204,19 +211,11 @@ class Campaign:
         return StatusReport.build(summary, self.config.run_dir, self.manifest().n_tasks, queue)
 
     def gather(self, allow_missing: bool = False) -> Products:
-        """Merge the per-ObsID light curves into the configured products; see `Products`."""
+        """Merge the per-ObsID light curves into the configured products, per target and band; see `Products`."""
         from rxte_hpc.products.gather import run_gather
 
         result = run_gather(self.config, allow_missing=allow_missing, manifest=self.manifest())
-        bands = [b.name for b in self.config.extract.band_list()]
-        target = self.config.target.name or None
-        products = []
-        for i, path in enumerate(result.outputs):
-            if i < len(bands):
-                products.append(Product(Path(path), "lightcurve", target, bands[i]))
-            else:
-                products.append(Product(Path(path), "hardness", target, None))
-        if result.plot is not None:
-            products.append(Product(Path(result.plot), "plot", target, None))
+        products = [Product(self.paths.root / e.path, e.kind, e.target or None,
+                            e.band if e.kind == "lightcurve" else None) for e in result.entries]
         return Products(tuple(products), result.exit_code, result.summary, result.n_used, result.n_failed,
                         result.n_missing)
