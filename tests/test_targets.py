@@ -18,6 +18,8 @@ from rxte_hpc.core.statusreport import StatusReport, format_status
 from rxte_hpc.plan.planner import plan, write_manifest
 
 from tapserver import serve_tap, xtemaster_rows
+from test_mpi import _mpi, needs_mpiexec
+from test_slurm import job_states, slurm_cluster, wait_jobs  # noqa: F401 (slurm_cluster: the live Slurm fixture)
 
 #: HEASARC's real rows, copied from the shared fixtures with their README (public catalogue data).
 FIXTURES = Path(__file__).with_name("data") / "real-xtemaster"
@@ -238,3 +240,110 @@ def test_tap_target_without_rows_is_a_warning_unless_all_are_empty(tmp_path, cap
         assert any("nothing here" in r.getMessage() for r in caplog.records)
         with pytest.raises(UsageError, match="no observations of any of the 1 targets"):
             plan(_config(tmp_path, targets=[empty], source={"kind": "tap", "service": tap.url}))
+
+
+# ---------------------------------------------------------------- end to end: one merged light curve per target
+# A simulated archive whose ObsIDs are given to three targets by position (a table source), run locally,
+# under a real mpiexec and on the real Slurm; each target's merged curve must hold its own ObsIDs' rows only.
+
+E2E_TARGETS = [ETA, GX, TER5]
+
+
+@pytest.fixture(scope="module")
+def e2e_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Table]:
+    from rxte_hpc.sim.simulate import simulate_archive
+
+    root = tmp_path_factory.mktemp("targets-archive") / "archive"
+    sim = simulate_archive(root, n_obs=12, seed=11)
+    master = Table.read(root / "xtemaster.ecsv", format="ascii.ecsv")
+    ours = {o.obsid.short for o in sim.observations}
+    master = master[[str(o) in ours for o in master["obsid"]]]
+    for i, row in enumerate(master):  # ObsID i observes target i % 3: its position, its own archive name
+        target = E2E_TARGETS[i % 3]
+        row["ra"], row["dec"] = target["ra"] + 0.01, target["dec"] - 0.01
+        row["target_name"] = target["name"].upper().replace(" ", "_")
+    return root, master
+
+
+def _e2e_config(tmp_path: Path, archive: tuple[Path, Table], **extra: object) -> Path:
+    import yaml
+
+    root, master = archive
+    master.write(tmp_path / "obs.ecsv", format="ascii.ecsv", overwrite=True)
+    raw = {"run_dir": str(tmp_path / "run"), "targets": E2E_TARGETS,
+           "source": {"kind": "table", "path": str(tmp_path / "obs.ecsv")}, "archive": {"root": str(root)},
+           "extract": {"backend": "stdprod"}, "scratch": {"root": str(tmp_path / "scratch")},
+           "tasks": {"obs_per_task": 2}, "slurm": {"time": "00:05:00", "mem": "200M", "setup": []}, **extra}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _assert_one_curve_per_target(run: Path) -> None:
+    """Every target's merged.lc holds exactly its manifest rows' ObsIDs; products.ecsv lists them; no mixture."""
+    from astropy.io import fits
+
+    manifest = read_manifest(RunPaths(run).manifest)
+    assert set(manifest.targets) == {t["name"] for t in E2E_TARGETS}
+    assert not (run / "merged.lc").exists(), "a several-targets run must not merge its targets together"
+    index = Table.read(run / "products.ecsv", format="ascii.ecsv")
+    for target in manifest.targets:
+        expected = {r.obsid.text for r in manifest.rows if r.target == target}
+        path = RunPaths(run).output("merged.lc", target)
+        assert path.is_file(), f"no merged light curve for {target}"
+        with fits.open(path, checksum=True) as hdul:
+            got = {o.decode() if isinstance(o, bytes) else str(o) for o in hdul["RATE"].data["OBSID"]}
+            assert got == expected, f"{target}: rows of {sorted(got - expected)} are not its ObsIDs"
+            assert hdul["RATE"].header["OBJECT"] == target
+            assert {str(o) for o in hdul["OBSIDS"].data["OBSID"]} == expected
+        rows = [r for r in index if r["target"] == target and r["kind"] == "lightcurve"]
+        assert [r["path"] for r in rows] == [path.relative_to(run).as_posix()] and rows[0]["obsids"] == len(expected)
+
+
+def test_several_targets_run_locally_end_to_end(tmp_path, e2e_archive, capsys):
+    from rxte_hpc import Campaign
+    from rxte_hpc.cli import main
+
+    cfg = _e2e_config(tmp_path, e2e_archive)
+    assert main(["run", str(cfg), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    _assert_one_curve_per_target(tmp_path / "run")
+    for target in E2E_TARGETS:
+        assert f"target {target['name']}: merged 4 ObsIDs" in out
+    assert "total: merged 12 ObsIDs of 3 of 3 targets" in out
+    # the API: every target's products, one table per target (named as configured, case and '_' ignored)
+    products = Campaign.from_config(cfg).gather()
+    assert {p.target for p in products.paths} == {t["name"] for t in E2E_TARGETS}
+    assert {p.kind for p in products.paths} == {"lightcurve", "plot"}
+    table = products.table(target="GX_339-4")
+    assert set(np.char.decode(np.asarray(table["OBSID"]).astype("S")).tolist()) <= {
+        r.obsid.text for r in read_manifest(RunPaths(tmp_path / "run").manifest).rows if r.target == "gx 339-4"}
+    with pytest.raises(UsageError, match="several merged light curves"):
+        products.path()
+
+
+@pytest.mark.mpi
+@needs_mpiexec
+def test_several_targets_under_mpi_end_to_end(tmp_path, e2e_archive):
+    from rxte_hpc.cli import main
+
+    cfg = _e2e_config(tmp_path, e2e_archive)
+    assert main(["plan", str(cfg)]) == 0
+    proc = _mpi(cfg, "--gather", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _assert_one_curve_per_target(tmp_path / "run")
+    assert "total: merged 12 ObsIDs of 3 of 3 targets" in proc.stdout
+
+
+@pytest.mark.slurm
+def test_several_targets_on_slurm_end_to_end(tmp_path, e2e_archive, slurm_cluster):
+    from rxte_hpc.cli import main
+    from rxte_hpc.run.slurm.submit import read_jobs
+
+    cfg = _e2e_config(tmp_path, e2e_archive)
+    assert main(["submit", str(cfg)]) == 0
+    jobs = read_jobs(RunPaths(tmp_path / "run"))
+    wait_jobs([j["job_id"] for j in jobs], timeout=240)
+    gather = [j for j in jobs if j["kind"] == "gather"]
+    assert len(gather) == 1 and job_states(gather[0]["job_id"])[gather[0]["job_id"]] == ("COMPLETED", "0:0")
+    _assert_one_curve_per_target(tmp_path / "run")
