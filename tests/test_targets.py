@@ -336,7 +336,8 @@ def test_several_targets_under_mpi_end_to_end(tmp_path, e2e_archive):
 
 
 @pytest.mark.slurm
-def test_several_targets_on_slurm_end_to_end(tmp_path, e2e_archive, slurm_cluster):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_several_targets_on_slurm_end_to_end(tmp_path, e2e_archive):
     from rxte_hpc.cli import main
     from rxte_hpc.run.slurm.submit import read_jobs
 
