@@ -1,13 +1,16 @@
-"""Benchmark `gather`: 2,000 simulated per-ObsID files of ~100 rows each.
+"""Benchmark `gather`: simulated per-ObsID files of ~100 rows each, over one or several targets.
 
-Prints the time of `run_gather` (merge + write, and with the plot) against the
-time to merely open and read the same files with astropy, with and without
-checksum verification (gather verifies them), in the same run (target: <= 2x
-the verified read), and the peak memory of each. Each measurement runs in a fresh
-subprocess so one cannot inflate the next: wall time without tracing, then
-peak resident memory (ru_maxrss) above the process's size after its imports.
+Prints the time of `run_gather` (merge + write per target, and with the plot)
+against baselines measured in the same run: reading every file's bytes from a
+warm page cache (the issue's target: gather <= 2x that), the fast reader alone
+(products/lcread.py, checksums verified), and astropy opening and reading the
+files with and without checksum verification (the old reader; on at most
+--astropy-files files, scaled per file, since at 100,000 files it takes a
+quarter of an hour). Each measurement runs in a fresh subprocess so one
+cannot inflate the next: wall time without tracing, then peak resident memory
+(ru_maxrss) above the process's size after its imports.
 
-    python benchmarks/bench_gather.py [--n-files 2000] [--rows 100]
+    python benchmarks/bench_gather.py [--n-files 2000] [--rows 100] [--targets 1] [--astropy-files 2000]
 """
 from __future__ import annotations
 
@@ -29,16 +32,23 @@ from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import StatusRecord
 
 
-def make_run(root: Path, n_files: int, rows: int, seed: int = 1) -> Path:
-    """A run directory of `n_files` done ObsIDs, each a lcfile-written curve with a gap or two."""
+def make_run(root: Path, n_files: int, rows: int, seed: int = 1, n_targets: int = 1) -> Path:
+    """A run directory of `n_files` done ObsIDs, each a lcfile-written curve with a gap or two.
+
+    With `n_targets` > 1 the config has that many `targets:` and ObsID i belongs to target i % n_targets.
+    """
     rng = np.random.default_rng(seed)
     config_path = root / "config.yaml"
-    config_path.write_text(f"run_dir: {root / 'run'}\nextract: {{backend: native, chmin: 5, chmax: 10}}\n")
-    cfg = config_from_mapping({"run_dir": str(root / "run"), "extract": {"backend": "native", "chmin": 5, "chmax": 10}},
-                              config_path)
+    targets = [{"name": f"src {k}", "ra": 10.0 * k, "dec": 0.0} for k in range(n_targets)]
+    raw = {"run_dir": str(root / "run"), "extract": {"backend": "native", "chmin": 5, "chmax": 10}}
+    if n_targets > 1:
+        raw["targets"] = targets
+    config_path.write_text(json.dumps(raw))  # JSON is YAML
+    cfg = config_from_mapping(raw, config_path)
     starts = 1.0e8 + np.arange(n_files) * 86400.0 * 2.5 + rng.uniform(0, 3000, n_files).round() * 16
     obs = [Observation(ObsID.parse(f"{10000 + i // 100:05d}-01-{i % 100:02d}-00"), cycle=1 + i // 500, target_name="sim",
-                       time_mjd=float(RXTE_TIMEREF.mjd(starts[i])), exposure_s=16.0 * rows) for i in range(n_files)]
+                       time_mjd=float(RXTE_TIMEREF.mjd(starts[i])), exposure_s=16.0 * rows,
+                       target=targets[i % n_targets]["name"] if n_targets > 1 else "") for i in range(n_files)]
     manifest = build_manifest(obs, 8, {"source": "bench"})
     paths = RunPaths(cfg.run_dir)
     paths.make_dirs()
@@ -70,11 +80,20 @@ import rxte_hpc.products.plot, matplotlib.figure, matplotlib.backends.backend_ag
 import rxte_hpc.products.gather as g
 cfg = load_config(config_path)
 if mode == "merge":  # the merge and the FITS write, without the figure
-    g._plot = lambda *a, **k: None
+    g.plot_products = lambda *a, **k: None
 files = sorted(RunPaths(cfg.run_dir).lc_dir.rglob("*.lc"))  # lc/<shard>/<obsid>.lc
+if mode.startswith("astropy"):
+    files = files[:int(sys.argv[3])]
+for f in files:  # warm the page cache: every mode reads from memory
+    f.read_bytes()
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-if mode in ("astropy", "astropy-checksum"):
+if mode == "bytes":
+    out = {"bytes": sum(len(f.read_bytes()) for f in files), "files": len(files)}
+elif mode == "fast":
+    from rxte_hpc.products.lcread import read_obsid_curves
+    out = {"rows": sum(read_obsid_curves(f)[0].n_rows for f in files), "files": len(files)}
+elif mode in ("astropy", "astropy-checksum"):
     rows = 0
     for f in files:
         with fits.open(f, memmap=False, checksum=mode == "astropy-checksum") as hdul:
@@ -90,12 +109,12 @@ print(json.dumps(out))
 """
 
 
-def measure(mode: str, config_path: Path, repeat: int = 2) -> dict:
+def measure(mode: str, config_path: Path, repeat: int = 2, n_astropy: int = 0) -> dict:
     """Best of `repeat` fresh processes: disk and fsync latency on shared machines is noisy."""
     runs = []
     for _ in range(repeat):
-        proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(config_path)], capture_output=True, text=True,
-                              check=True)
+        proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(config_path), str(n_astropy)],
+                              capture_output=True, text=True, check=True)
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return min(runs, key=lambda r: r["seconds"])
 
@@ -104,24 +123,33 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-files", type=int, default=2000)
     ap.add_argument("--rows", type=int, default=100)
+    ap.add_argument("--targets", type=int, default=1, help="targets the ObsIDs are spread over (gathered per target)")
+    ap.add_argument("--astropy-files", type=int, default=2000, help="files the astropy baselines read (scaled per file)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        config_path = make_run(Path(tmp), args.n_files, args.rows)
-        print(f"wrote {args.n_files} per-ObsID files in {time.perf_counter() - t0:.1f} s")
-        plain = measure("astropy", config_path)
-        base = measure("astropy-checksum", config_path)
+        config_path = make_run(Path(tmp), args.n_files, args.rows, n_targets=args.targets)
+        print(f"wrote {args.n_files} per-ObsID files over {args.targets} target(s) in {time.perf_counter() - t0:.1f} s")
+        n_astropy = min(args.astropy_files, args.n_files)
+        raw = measure("bytes", config_path)
+        fast = measure("fast", config_path)
+        plain = measure("astropy", config_path, n_astropy=n_astropy)
+        base = measure("astropy-checksum", config_path, n_astropy=n_astropy)
         merge = measure("merge", config_path)
         full = measure("gather", config_path)
-    assert plain["files"] == base["files"] == args.n_files, "the baseline did not find every per-ObsID file"
-    print(f"astropy open+read only : {plain['seconds']:7.2f} s  peak +{plain['peak_mb']:6.1f} MiB  ({plain['rows']} rows)")
-    print(f"  ... + checksums      : {base['seconds']:7.2f} s  peak +{base['peak_mb']:6.1f} MiB  "
-          "(the baseline below: gather verifies every file's CHECKSUM/DATASUM too)")
+    assert raw["files"] == fast["files"] == args.n_files and plain["files"] == n_astropy, "a baseline missed files"
+    scale = args.n_files / n_astropy
+    print(f"read bytes (warm cache): {raw['seconds']:7.2f} s  ({raw['bytes'] / 2**20:.0f} MiB in {raw['files']} files)"
+          "  <- the baseline: gather target <= 2x")
+    print(f"fast reader + checksums: {fast['seconds']:7.2f} s  peak +{fast['peak_mb']:6.1f} MiB  "
+          f"{fast['seconds'] / raw['seconds']:.2f}x the byte read")
+    print(f"astropy open+read      : {plain['seconds'] * scale:7.2f} s  (measured on {n_astropy} files, scaled)")
+    print(f"  ... + checksums      : {base['seconds'] * scale:7.2f} s  (the old gather's reader)")
     print(f"run_gather, no plot    : {merge['seconds']:7.2f} s  peak +{merge['peak_mb']:6.1f} MiB  "
-          f"ratio {merge['seconds'] / base['seconds']:.2f}x (target <= 2x; {merge['seconds'] / plain['seconds']:.2f}x "
-          "the read without checksums)")
+          f"{merge['seconds'] / raw['seconds']:.2f}x the byte read (target <= 2x); "
+          f"{merge['seconds'] / (base['seconds'] * scale):.2f}x astropy's checksummed read")
     print(f"run_gather with plot   : {full['seconds']:7.2f} s  peak +{full['peak_mb']:6.1f} MiB  "
-          f"ratio {full['seconds'] / base['seconds']:.2f}x")
+          f"{full['seconds'] / raw['seconds']:.2f}x the byte read")
     print(f"summary: {full['summary']}")
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.fits.lcfile import REQUIRED_COLUMNS, LightCurve, read_lightcurves
-from rxte_hpc.fits.tableio import BLOCK, FitsTable, _image_bytes, _padded, _parse_header, _table
+from rxte_hpc.fits.tableio import BLOCK, CARD, FitsTable, Header, _image_bytes, _padded, _table
 from rxte_hpc.fits.timekeys import absolute_times, read_time_ref, read_timedel
 from rxte_hpc.products.merge import CARRIED_KEYWORDS, OPTIONAL_COLUMNS
 
@@ -42,8 +42,51 @@ _MASK32 = 0xFFFFFFFF
 _CHANNEL_COMMENT = re.compile(r"COMMENT.*\b(CHMIN|CHMAX) for filtering was\s+(\d+)")
 
 
+#: A header's END card (blank-padded); found by one search instead of a loop over cards.
+_END = re.compile(rb"END {77}")
+#: Parsed values by card text: most cards (TTYPEn, TFORMn, MJDREF, TIMEDEL, ...) repeat from file to file.
+_VALUES: dict[str, Any] = {}
+_MAX_CACHED = 100_000
+
+
 class _NotFast(Exception):
     """The fast path does not read this file; the astropy reader will."""
+
+
+class _CachedHeader(Header):
+    """`tableio.Header` whose parsed values are shared between files by card text (same card, same value)."""
+
+    def __getitem__(self, key: str) -> Any:
+        card = self._cards[key]
+        try:
+            return _VALUES[card]
+        except KeyError:
+            pass
+        value = super().__getitem__(key)
+        if len(_VALUES) < _MAX_CACHED:
+            _VALUES[card] = value
+        return value
+
+
+def _parse_header(buffer: bytes, start: int, where: str) -> tuple[Header, int]:
+    """The header at `start` and the offset just after its last block (tableio's parser, one search for END)."""
+    pos = start
+    while True:
+        found = _END.search(buffer, pos)
+        if found is None:
+            raise DataError(f"{where}: truncated FITS file (header at byte {start} has no END)")
+        if (found.start() - start) % CARD == 0:
+            break
+        pos = found.start() + 1
+    text = buffer[start:found.start()].decode("ascii", errors="replace")
+    cards = [text[i:i + CARD] for i in range(0, len(text), CARD)]
+    if "CONTINUE" in text and any(c.startswith("CONTINUE") for c in cards):
+        raise _NotFast("a long-string keyword (CONTINUE)")
+    keyed = {c[:8].rstrip(): c for c in reversed(cards) if c[8:10] == "= "}  # reversed: the first card wins
+    end = start + _padded(found.start() + CARD - start)
+    if end > len(buffer):
+        raise DataError(f"{where}: truncated FITS file (header at byte {start} has no END)")
+    return _CachedHeader(keyed, frozenset(), where), end
 
 
 def ones_complement_sum(data: bytes | memoryview) -> int:
