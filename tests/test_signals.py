@@ -249,3 +249,26 @@ def test_second_signal_during_cleanup_exits_at_once_and_runs_emergency_callbacks
     assert proc.returncode == 128 + signal.SIGINT
     assert "Traceback" not in err and err.strip() == "rxte-hpc: second signal 2: exiting at once", err
     assert flag.read_text() == "yes"
+
+
+def test_ctrl_c_twice_while_workers_start_is_quiet(archive, headas, tmp_path, leftovers):
+    """Ctrl-C, Ctrl-C while the worker processes are still importing: no traceback, nothing left running."""
+    cfg = write_config(tmp_path, archive.root)
+    markers = tmp_path / "markers"
+    proc = start_run(cfg, env_for(headas, markers))
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the pool starts right after this line
+            if "local workers" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        _end(proc)
+    # 130, or killed by the second SIGINT itself when it lands after the CLI handled the first (a shell shows 130)
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert all(r["state"] != "running" for r in records(tmp_path / "run").values())
+    assert not scratch_left(tmp_path)

@@ -68,7 +68,6 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
     stopped: list[Done] = []
     lost: list[Lost] = []
     paths = RunPaths(config.run_dir)
-    log.info("running %d tasks (%d ObsIDs) on %d local workers", len(tasks), len(manifest.rows), workers)
 
     def add(states: Sequence[str]) -> None:
         for state in states:
@@ -93,6 +92,7 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
         reap_dead_scratch(config)
 
     pool = WorkerPool(workers, config.path, paths.root, force=force)
+    log.info("running %d tasks (%d ObsIDs) on %d local workers", len(tasks), len(manifest.rows), workers)
     try:
         pool.run(tasks, on_done, on_lost)
     finally:
