@@ -46,7 +46,8 @@ def make_run(root: Path, n_files: int, rows: int, seed: int = 1, n_targets: int 
     config_path.write_text(json.dumps(raw))  # JSON is YAML
     cfg = config_from_mapping(raw, config_path)
     starts = 1.0e8 + np.arange(n_files) * 86400.0 * 2.5 + rng.uniform(0, 3000, n_files).round() * 16
-    obs = [Observation(ObsID.parse(f"{10000 + i // 100:05d}-01-{i % 100:02d}-00"), cycle=1 + i // 500, target_name="sim",
+    obs = [Observation(ObsID.parse(f"{10000 + i // 100:05d}-01-{i % 100:02d}-00"),
+                       cycle=1 + min(19, i * 20 // n_files), target_name="sim",  # AO cycles 1..20
                        time_mjd=float(RXTE_TIMEREF.mjd(starts[i])), exposure_s=16.0 * rows,
                        target=targets[i % n_targets]["name"] if n_targets > 1 else "") for i in range(n_files)]
     manifest = build_manifest(obs, 8, {"source": "bench"})
@@ -114,7 +115,9 @@ def measure(mode: str, config_path: Path, repeat: int = 2, n_astropy: int = 0) -
     runs = []
     for _ in range(repeat):
         proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(config_path), str(n_astropy)],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"bench_gather: {mode} failed:\n{proc.stderr.strip()}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return min(runs, key=lambda r: r["seconds"])
 

@@ -100,6 +100,7 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
         groups[st.target if several else ""].append(st)
     done: list[TargetGather] = []
     empty: list[tuple[str, list[ObsOutcome]]] = []
+    digest = ""
     for target, states in groups.items():
         outcomes, accs = _read_target(paths, states, bands)
         if not any(o.state == "used" for o in outcomes):
@@ -107,7 +108,8 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
                 raise DataError(f"nothing to merge in {paths.root}: no ObsID is done ({_state_text(outcomes)})")
             empty.append((target, outcomes))
             continue
-        done.append(_write_target(config, paths, manifest, bands, target, outcomes, accs))
+        digest = digest or manifest.digest()  # once for every target
+        done.append(_write_target(config, paths, manifest, bands, target, outcomes, accs, digest))
         del accs  # one target's arrays at a time
     if not done:
         raise DataError(f"nothing to merge in {paths.root}: no ObsID of any target is done ("
@@ -190,7 +192,7 @@ def _read_target(
 
 def _write_target(
     config: Config, paths: RunPaths, manifest: Manifest, bands: Sequence[BandConfig], target: str,
-    outcomes: list[ObsOutcome], accs: dict[str, CurveAccumulator],
+    outcomes: list[ObsOutcome], accs: dict[str, CurveAccumulator], digest: str,
 ) -> TargetGather:
     """Finish one target's merge and write its products (in run_dir, or targets/<target>/ with several)."""
     merged = {name: acc.finish("RATE") for name, acc in accs.items()}
@@ -200,7 +202,7 @@ def _write_target(
             m.curve, keywords={**m.curve.keywords, "OBJECT": (target, "configured target (targets:)")}))
             for name, m in merged.items()}
     counts = _counts(outcomes)
-    provenance = headers.provenance(config, manifest, counts)
+    provenance = headers.provenance(config, manifest, counts, digest)
     target_name = target or headers.target_name(config, merged[bands[0].name].curve.keywords)
     where = (lambda name: paths.output(name, target)) if target else paths.output
     outputs: list[Path] = []
