@@ -302,7 +302,7 @@ def _lose_rank_1(proc: subprocess.Popen, markers: Path, signum: int, start_s: fl
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()
 
 
 def _assert_survived(tmp_path: Path, cfg: Path, out: str, err: str) -> None:
@@ -391,7 +391,7 @@ def test_sigterm_cleans_scratch_and_records_interrupted(tmp_path: Path, shared_a
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert not _scratch_dirs(tmp_path), err
     records = _records(tmp_path / "run")
