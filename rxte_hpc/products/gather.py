@@ -97,7 +97,7 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
     several = bool(manifest.targets)
     groups: dict[str, list[ObsState]] = {t: [] for t in manifest.targets} if several else {"": []}
     for st in summary.states:
-        groups[st.target if several else ""].append(st)
+        groups.setdefault(st.target if several else "", []).append(st)
     done: list[TargetGather] = []
     empty: list[tuple[str, list[ObsOutcome]]] = []
     digest = ""
@@ -231,11 +231,10 @@ def _write_target(
 
     first = merged[bands[0].name]
     each = " per band" if len(bands) > 1 else ""  # bands share bins and live time: same rows, same NaNs
-    parts = [f"merged {counts['used']} ObsIDs ({first.n_rows} rows, {first.n_nan} NaN{each}) into "
-             + ", ".join(_rel(paths, p) for p in outputs)]
-    if first.overlaps:
-        overlap = (f"{first.n_overlap_rows} rows share a time bin with another ObsID: "
-                   + first_few(["/".join(p) for p in first.overlaps], SUMMARY_LIST))
+    head = (f"merged {counts['used']} ObsIDs ({first.n_rows} rows, {first.n_nan} NaN{each}) into "
+            + ", ".join(_rel(paths, p) for p in outputs))
+    overlap = (f"{first.n_overlap_rows} rows share a time bin with another ObsID: "
+               + first_few(["/".join(p) for p in first.overlaps], SUMMARY_LIST)) if first.overlaps else ""
     return TargetGather(
         target=target,
         outputs=tuple(outputs),
@@ -245,7 +244,7 @@ def _write_target(
         n_rows=sum(m.n_rows for m in merged.values()),
         n_nan=sum(m.n_nan for m in merged.values()),
         overlaps=sum(m.n_overlap_rows for m in merged.values()),
-        line=_target_line(target, parts[0], outcomes, counts, overlap if first.overlaps else "", plot is None),
+        line=_target_line(target, head, outcomes, counts, overlap, plot is None),
     )
 
 
