@@ -418,7 +418,8 @@ def _convert(value: Any, hint: Any, fld: dataclasses.Field, key: str, path: Path
     raise fail(f"has an unsupported type {hint}")  # pragma: no cover - guards new fields
 
 
-_NO_LIMITS = field(default=None)
+#: The field of an element inside a fixed-length list: no help text, no limits (field() types as its default).
+_NO_LIMITS = typing.cast("dataclasses.Field[Any]", field(default=None))
 
 
 def _bands(value: Any, fail: Any, path: Path, key: str) -> tuple[BandConfig, ...]:
