@@ -16,6 +16,7 @@ import getpass
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import tempfile
@@ -202,10 +203,18 @@ def task_workspace(configured_root: Path, min_free_mb: int, label: str, job: str
     root = choose_root(configured_root, min_free_mb * 2**20)
     reap_stale(root)
     name = f"{PREFIX}{_label(getpass.getuser())}-{_label(job or 'local')}-{_label(label)}-{os.getpid()}-"
-    with site_errors("create a scratch directory"):
-        path = Path(tempfile.mkdtemp(prefix=name, dir=root))
+    # The name is chosen before the directory exists, so that a signal at any point (even inside the
+    # mkdir) still finds it in `finally`: a directory without its lock would wait UNLOCKED_GRACE_S for reaping.
+    path = root / f"{name}{secrets.token_hex(4)}"
     lock_fd: int | None = None
     try:
+        with site_errors("create a scratch directory"):
+            while True:
+                try:
+                    os.mkdir(path, 0o700)
+                    break
+                except FileExistsError:
+                    path = root / f"{name}{secrets.token_hex(4)}"
         with site_errors("set up scratch"):
             lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
