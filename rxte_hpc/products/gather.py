@@ -143,8 +143,8 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
     else:
         lines = ["; ".join([done[0].line, *tail])]
     text = "\n".join(lines)
-    for line in lines:
-        (log.warning if exit_code else log.info)("%s", line)
+    for line in lines:  # returned as `summary` for the caller to show (the CLI prints it): logged at debug only
+        log.debug("%s", line)
     return GatherResult(
         outputs=outputs,
         plot=plots[0] if plots else None,
