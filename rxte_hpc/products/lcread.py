@@ -30,9 +30,10 @@ from rxte_hpc.core.errors import DataError
 from rxte_hpc.fits.lcfile import REQUIRED_COLUMNS, LightCurve, read_lightcurves
 from rxte_hpc.fits.tableio import BLOCK, CARD, FitsTable, Header, _image_bytes, _padded, _table
 from rxte_hpc.fits.timekeys import absolute_times, read_time_ref, read_timedel
+from rxte_hpc.fits.writer import ones_complement_sum
 from rxte_hpc.products.merge import CARRIED_KEYWORDS, OPTIONAL_COLUMNS
 
-__all__ = ["hdu_sums_ok", "ones_complement_sum", "read_obsid_curves", "read_obsid_curves_fast"]
+__all__ = ["hdu_sums_ok", "read_obsid_curves", "read_obsid_curves_fast"]
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +90,13 @@ def _parse_header(buffer: bytes, start: int, where: str) -> tuple[Header, int]:
     return _CachedHeader(keyed, frozenset(), where), end
 
 
-def ones_complement_sum(data: bytes | memoryview) -> int:
-    """The FITS checksum algorithm's 32-bit ones' complement sum of `data` (a multiple of 4 bytes long)."""
-    words = np.frombuffer(data, dtype=">u4")
-    total = int(np.sum(words, dtype=np.uint64))  # < 2**64 for any file under 16 GiB
-    while total > _MASK32:
-        total = (total & _MASK32) + (total >> 32)
-    return total
-
-
 def hdu_sums_ok(buffer: bytes, start: int, data_start: int, end: int, header: Mapping[str, Any]) -> str:
     """'' when the HDU buffer[start:end] matches its CHECKSUM and DATASUM (where it has them), else which failed.
 
     The data sum must equal DATASUM; the sum over header and data, the
     CHECKSUM card included, must be ones' complement zero (all bits set).
     """
-    view = memoryview(buffer)
-    data_sum = ones_complement_sum(view[data_start:end])
+    data_sum = ones_complement_sum(buffer[data_start:end])
     if "DATASUM" in header:
         try:
             stored = int(str(header["DATASUM"]).strip() or "0")
@@ -114,10 +105,7 @@ def hdu_sums_ok(buffer: bytes, start: int, data_start: int, end: int, header: Ma
         if stored % _MASK32 != data_sum % _MASK32:
             return "Datasum verification failed"
     if "CHECKSUM" in header:
-        total = ones_complement_sum(view[start:data_start]) + data_sum
-        while total > _MASK32:
-            total = (total & _MASK32) + (total >> 32)
-        if total != _MASK32:
+        if ones_complement_sum(buffer[start:data_start], data_sum) != _MASK32:  # the writer's sum, the same algorithm
             return "Checksum verification failed"
     return ""
 
