@@ -124,11 +124,11 @@ class Campaign:
         return ensure_manifest(self.config)
 
     # -- extract ---------------------------------------------------------------------------
-    def check(self) -> None:
-        """Everything that can be checked before any task starts (the backend can run here)."""
-        from rxte_hpc.extract import check_backend
+    def check(self, manifest: Manifest | None = None) -> None:
+        """Everything that can be checked before any task starts: the backend runs here, bands fit every gain epoch."""
+        from rxte_hpc.run.preflight import preflight
 
-        check_backend(self.config)
+        preflight(self.config, self.manifest() if manifest is None and self.paths.manifest.is_file() else manifest)
 
     def run(self, workers: int | None = None, force: bool = False) -> RunSummary:
         """Every task on this machine (planning first if needed); returns the status summary."""
@@ -136,7 +136,9 @@ class Campaign:
 
         if workers is not None and workers < 1:
             raise UsageError(f"workers must be at least 1, not {workers}")
-        self.check()
+        from rxte_hpc.extract import check_backend
+
+        check_backend(self.config)  # before planning (a TAP query); run_local runs the whole preflight on the manifest
         manifest = self.ensure_manifest()
         run_local(self.config, manifest, workers=workers, force=force)
         return self.status()
@@ -148,8 +150,7 @@ class Campaign:
 
         if (task is not None) + (obsid is not None) + slurm != 1:
             raise UsageError("work needs exactly one of task, obsid, slurm")
-        self.check()
-        manifest = self.manifest()
+        manifest = self.manifest()  # the task runner runs the preflight before any record
         if obsid is not None:
             try:
                 wanted = ObsID.parse(obsid)

@@ -81,7 +81,7 @@ def sim_archive(tmp_path_factory):
 
 
 @pytest.mark.parametrize("band", ["[2, 150]", "[3.0, 3.05]"])
-@pytest.mark.parametrize("command", [["run"], ["work", "--task", "0"]])
+@pytest.mark.parametrize("command", [["run"], ["work", "--task", "0"], ["submit"]])
 def test_bad_band_stops_before_any_record(tmp_path, sim_archive, band, command):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(
@@ -96,6 +96,7 @@ def test_bad_band_stops_before_any_record(tmp_path, sim_archive, band, command):
     assert proc.returncode == 2, proc.stderr
     assert "extract.energy_kev" in line
     assert list(RunPaths(tmp_path / "run").status_files()) == []
+    assert not (tmp_path / "run" / "slurm" / "jobs.json").exists()  # submit: nothing queued to fail later
 
 
 @pytest.mark.parametrize(("text", "expected"), [

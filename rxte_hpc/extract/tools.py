@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence, TextIO
 
+from rxte_hpc.core.procs import die_with_parent
 from rxte_hpc.core.errors import DataError, SiteError, UsageError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ TASK_PARAMS = {
     "pcaextlc2": ("src_infile", "bkg_infile", "outfile", "gtiandfile", "pculist", "layerlist", "binsz",
                   "chmin", "chmax", "clobber"),
 }
+#: Signals that end a task from outside (a crash such as SIGSEGV stays a data failure: the tool failed on this input).
+_SITE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU})
 _STATUS_RE = re.compile(r"terminating with status\s+(-?\d+)", re.IGNORECASE)
 _ERROR_RE = re.compile(r"error|unable|cannot|could not|failed", re.IGNORECASE)
 
@@ -103,6 +106,7 @@ def run_tool(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # a worker killed outright (OOM, SIGKILL) takes its task with it
         )
     except OSError as exc:
         raise DataError(f"{task}: cannot start {argv[0]} ({exc.strerror or exc})") from exc
@@ -123,6 +127,10 @@ def run_tool(
         tool_log.write("\n")
     tool_log.write(f"# {task}: exit status {proc.returncode}\n")
     tool_log.flush()
+    if proc.returncode < 0 and -proc.returncode in _SITE_SIGNALS:
+        # killed from outside (OOM killer, an administrator, a node going down): the machine, not the data
+        name = signal.Signals(-proc.returncode).name
+        raise SiteError(f"{task} was killed by {name}; safe to rerun")
     return ToolRun(task, tuple(argv), proc.returncode, output)
 
 

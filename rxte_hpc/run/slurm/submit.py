@@ -192,10 +192,14 @@ def _sbatch(argv: Sequence[str]) -> str:
 # ------------------------------------------------------------------ submit / rerun
 
 
-def _check_backend_or_warn(config: Config) -> None:
-    """The backend check; with setup lines the job may provide what this shell lacks, so only warn."""
+def _check_backend_or_warn(config: Config, manifest: Manifest) -> None:
+    """run.preflight before any sbatch: bands against the manifest's gain epochs always; the backend check only warns
+    when slurm.setup lines may provide on the nodes what this shell lacks (e.g. `module load heasoft`)."""
     from rxte_hpc.extract import check_backend
+    from rxte_hpc.run.preflight import check_bands, epochs_of
 
+    if config.extract.backend in ("heasoft", "native"):  # the backends that turn keV into channels
+        check_bands(config, epochs_of(manifest))
     try:
         check_backend(config)
     except RxteError as exc:
@@ -300,7 +304,7 @@ def submit(config: Config, dry_run: bool = False, mpi: bool = False, python: str
     if dry_run:
         _print_dry_run([(array_script, array_text), (gather_script, gather_text)], calls, gather_script)
         return 0
-    _check_backend_or_warn(config)
+    _check_backend_or_warn(config, manifest)
     _write_script(array_script, array_text)
     _write_script(gather_script, gather_text)
     _submit_arrays(paths, calls, gather_script, "gather")
@@ -329,8 +333,8 @@ def _submit_mpi(config: Config, paths: RunPaths, inputs: RenderInputs, dry_run: 
     if dry_run:
         _print_dry_run([(script, text)], [PlannedCall("mpi", argv)], None)
         return 0
-    _manifest_for_submit(config, dry_run=False)
-    _check_backend_or_warn(config)
+    manifest = _manifest_for_submit(config, dry_run=False)
+    _check_backend_or_warn(config, manifest)
     _write_script(script, text)
     paths.slurm_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)
     job_id = _sbatch(argv)
@@ -391,6 +395,7 @@ def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, p
     if dry_run:
         _print_dry_run([(array_script, array_text)], calls, gather_script)
         return 0
+    _check_backend_or_warn(config, manifest)
     _write_script(array_script, array_text)
     _write_script(gather_script, gather_text)
     _submit_arrays(paths, calls, gather_script, "rerun-gather")
