@@ -253,3 +253,19 @@ def test_default_dev_shm_scratch(tmp_path):
     with task_workspace(Path("/dev/shm"), 1, "t", "pytest") as ws:
         assert ws.root.parent == Path("/dev/shm")
     assert not ws.root.exists()
+
+
+def test_a_neighbours_reaper_between_creating_and_locking_a_workspace_leaves_it_alone(tmp_path, monkeypatch):
+    """Another array element on the node reaps at the worst moment: just before the new workspace's lock is taken."""
+    real = fcntl.flock
+    reaped: list[list[Path]] = []
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX and not reaped:
+            reaped.append(reap_stale(tmp_path))  # a neighbour's reaper, run at exactly this moment
+        real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with task_workspace(tmp_path, 0, "t") as ws:
+        assert reaped == [[]] and ws.pfiles.is_dir() and ws.work.is_dir()
+        assert reap_stale(tmp_path) == [] and ws.root.is_dir()

@@ -216,8 +216,13 @@ def task_workspace(configured_root: Path, min_free_mb: int, label: str, job: str
                 except FileExistsError:
                     path = root / f"{name}{secrets.token_hex(4)}"
         with site_errors("set up scratch"):
-            lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            # Locked before it has its name: a neighbour's reap_stale that finds LOCK_NAME always finds it
+            # held (creating then locking it in place let a neighbour take the free lock in between and
+            # remove this new workspace, seen with many array elements on one node).
+            unnamed = path / f".{LOCK_NAME}.new"
+            lock_fd = os.open(unnamed, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            os.rename(unnamed, path / LOCK_NAME)
             ws = Workspace(root=path, pfiles=path / "pfiles", work=path / "w")
             ws.pfiles.mkdir()
             ws.work.mkdir()
