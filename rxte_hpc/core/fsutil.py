@@ -24,10 +24,6 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}{TMP_MARK}{socket.gethostname()}.{os.getpid()}")
 
 
-def is_temp(path: Path) -> bool:
-    return path.name.startswith(".") and TMP_MARK in path.name
-
-
 @contextmanager
 def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is renamed to `target`.

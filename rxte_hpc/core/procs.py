@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, Iterable
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,3 @@ def die_with_parent(signum: int = signal.SIGKILL) -> Callable[[], None] | None:
 
     return preexec
 
-
-def kill_pids(pids: Iterable[int], signum: int = signal.SIGKILL) -> list[int]:
-    """Signal each process (and its process group when it leads one); return those that existed."""
-    hit = []
-    for pid in pids:
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signum)
-            else:
-                os.kill(pid, signum)
-            hit.append(pid)
-        except (ProcessLookupError, PermissionError):
-            continue
-    return hit

@@ -18,7 +18,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.manifest import Manifest
@@ -165,15 +165,6 @@ def read_record(paths: RunPaths, obsid: str) -> StatusRecord | None:
     if reason:
         log.warning("%s: unreadable status record, treated as missing (%s)", paths.status(obsid), reason)
     return rec
-
-
-def read_records(paths: RunPaths, obsids: Iterable[str]) -> dict[str, StatusRecord]:
-    records = {}
-    for obsid in obsids:
-        rec = read_record(paths, obsid)
-        if rec is not None:
-            records[obsid] = rec
-    return records
 
 
 def snapshot(paths: RunPaths, use_index: bool = True, write_index: bool = True) -> Snapshot:

@@ -359,7 +359,7 @@ def _simulation_model(config: Config, paths: RunPaths) -> tuple[list[Observation
     Exposures are the simulated ones, not the FMI spans a scan would read, so
     task balancing can differ slightly from the real plan; the counts are the same.
     """
-    from rxte_hpc.sim.simulate import planned_observations
+    from rxte_hpc.sim.campaign import planned_observations
 
     sim = config.simulate
     obs = [Observation(o.obsid, o.cycle, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec)

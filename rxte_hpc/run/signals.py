@@ -50,11 +50,6 @@ def _handler(signum: int, _frame: object) -> None:
     _exit_now(signum)
 
 
-def interrupted_by() -> int | None:
-    """The signal that started this process's shutdown, or None."""
-    return _state["first"]
-
-
 @contextmanager
 def interrupt_on_signals() -> Iterator[None]:
     """Within the block, the first HANDLED signal raises Interrupted, a second one exits at once.
