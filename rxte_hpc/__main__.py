@@ -3,4 +3,5 @@ import sys
 
 from rxte_hpc.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a spawned process that imports this module must not run a command
+    sys.exit(main())

@@ -237,7 +237,7 @@ def _quick_string(header: Header, key: str) -> str:
     return parts[1].strip() if len(parts) >= 3 and "''" not in card else str(header[key]).strip()
 
 
-def _table(buffer: bytes, header: Header, data_start: int, where: str) -> tuple[FitsTable, int]:
+def table_at(buffer: bytes, header: Header, data_start: int, where: str) -> tuple[FitsTable, int]:
     try:
         row_bytes = int(header["NAXIS1"])
         n_rows = int(header["NAXIS2"])
@@ -297,24 +297,24 @@ def read_tables(path: Path) -> list[FitsTable]:
     if not buffer.startswith(b"SIMPLE  ="):
         raise DataError(f"{where}: not a FITS file")
     header, pos = _parse_header(buffer, 0, where)
-    pos += _padded(_image_bytes(header, where))
+    pos += padded(image_bytes(header, where))
     tables = []
     while pos < len(buffer):
         if not buffer[pos:pos + BLOCK].strip(b"\0 "):
             break  # trailing padding
         header, data_start = _parse_header(buffer, pos, where)
         if str(header.get("XTENSION", "")).strip() == "BINTABLE":
-            table, end = _table(buffer, header, data_start, where)
+            table, end = table_at(buffer, header, data_start, where)
             tables.append(table)
         else:
-            end = data_start + _image_bytes(header, where) + int(header.get("PCOUNT", 0) or 0)
+            end = data_start + image_bytes(header, where) + int(header.get("PCOUNT", 0) or 0)
             if len(buffer) < end:
                 raise DataError(f"{where}: truncated FITS file")
-        pos = data_start + _padded(end - data_start)
+        pos = data_start + padded(end - data_start)
     return tables
 
 
-def _image_bytes(header: Mapping[str, Any], where: str) -> int:
+def image_bytes(header: Mapping[str, Any], where: str) -> int:
     try:
         naxis = int(header.get("NAXIS", 0))
         if naxis == 0:
@@ -327,7 +327,7 @@ def _image_bytes(header: Mapping[str, Any], where: str) -> int:
     return size
 
 
-def _padded(size: int) -> int:
+def padded(size: int) -> int:
     return size + (-size % BLOCK)
 
 

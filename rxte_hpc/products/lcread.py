@@ -28,7 +28,7 @@ import numpy as np
 
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.fits.lcfile import REQUIRED_COLUMNS, LightCurve, read_lightcurves
-from rxte_hpc.fits.tableio import BLOCK, CARD, FitsTable, Header, _image_bytes, _padded, _table
+from rxte_hpc.fits.tableio import BLOCK, CARD, FitsTable, Header, image_bytes, padded, table_at
 from rxte_hpc.fits.timekeys import absolute_times, read_time_ref, read_timedel
 from rxte_hpc.fits.writer import ones_complement_sum
 from rxte_hpc.products.merge import CARRIED_KEYWORDS, OPTIONAL_COLUMNS
@@ -84,7 +84,7 @@ def _parse_header(buffer: bytes, start: int, where: str) -> tuple[Header, int]:
     if "CONTINUE" in text and any(c.startswith("CONTINUE") for c in cards):
         raise _NotFast("a long-string keyword (CONTINUE)")
     keyed = {c[:8].rstrip(): c for c in reversed(cards) if c[8:10] == "= "}  # reversed: the first card wins
-    end = start + _padded(found.start() + CARD - start)
+    end = start + padded(found.start() + CARD - start)
     if end > len(buffer):
         raise DataError(f"{where}: truncated FITS file (header at byte {start} has no END)")
     return _CachedHeader(keyed, frozenset(), where), end
@@ -140,12 +140,12 @@ def read_obsid_curves_fast(buffer: bytes, where: str) -> list[LightCurve]:
             header, data_start = _parse_header(buffer, pos, where)
             table = None
             if number == 0:
-                data_end = data_start + _image_bytes(header, where)
+                data_end = data_start + image_bytes(header, where)
             elif str(header.get("XTENSION", "")).strip() == "BINTABLE":
-                table, data_end = _table(buffer, header, data_start, where)
+                table, data_end = table_at(buffer, header, data_start, where)
             else:
                 raise _NotFast(f"HDU {number} is not a binary table")
-            end = data_start + _padded(data_end - data_start)
+            end = data_start + padded(data_end - data_start)
             if end > len(buffer):
                 raise _NotFast("truncated")
             failed = hdu_sums_ok(buffer, pos, data_start, end, header)
