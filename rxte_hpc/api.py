@@ -130,8 +130,11 @@ class Campaign:
 
         preflight(self.config, self.manifest() if manifest is None and self.paths.manifest.is_file() else manifest)
 
-    def run(self, workers: int | None = None, force: bool = False) -> RunSummary:
-        """Every task on this machine (planning first if needed); returns the status summary."""
+    def run(self, workers: int | None = None, force: bool = False, progress: bool = False) -> RunSummary:
+        """Every task on this machine (planning first if needed); returns the status summary.
+
+        `progress=True` shows a bar on a terminal (sparse lines elsewhere) on stderr, as the CLI does.
+        """
         from rxte_hpc.run.local import run_local
 
         if workers is not None and workers < 1:
@@ -140,7 +143,7 @@ class Campaign:
 
         check_backend(self.config)  # before planning (a TAP query); run_local runs the whole preflight on the manifest
         manifest = self.ensure_manifest()
-        run_local(self.config, manifest, workers=workers, force=force)
+        run_local(self.config, manifest, workers=workers, force=force, progress=progress)
         return self.status()
 
     def work(self, task: int | None = None, obsid: str | None = None, *, slurm: bool = False,

@@ -205,7 +205,7 @@ def _print_products(products: Products) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
-    campaign.run(workers=args.workers, force=args.force)
+    campaign.run(workers=args.workers, force=args.force, progress=True)
     products = campaign.gather(allow_missing=args.allow_missing)
     _print_products(products)
     return products.exit_code

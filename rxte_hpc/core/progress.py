@@ -33,8 +33,10 @@ class ProgressLine:
         stream: TextIO | None = None,
         min_interval_s: float = DEFAULT_INTERVAL_S,
         step_fraction: float = DEFAULT_STEP_FRACTION,
+        show: bool = True,
     ) -> None:
         self.total = total
+        self._show = show
         self.done = 0
         self._describe = describe
         self._prefix = prefix
@@ -66,6 +68,8 @@ class ProgressLine:
 
     def note(self, text: str) -> None:
         """A line of its own (an ObsID that failed), keeping a terminal bar intact."""
+        if not self._show:
+            return
         with self._lock:
             if self.tty:
                 self.stream.write("\r\033[K")
@@ -75,6 +79,8 @@ class ProgressLine:
             self.stream.flush()
 
     def _draw(self, force: bool) -> None:
+        if not self._show:  # counting only (the Python API prints nothing unless asked)
+            return
         now = time.monotonic()
         elapsed = now - self._t0
         if self.tty:

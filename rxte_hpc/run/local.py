@@ -39,8 +39,12 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_local(config: Config, manifest: Manifest, *, workers: int | None = None, force: bool = False) -> dict[str, int]:
+def run_local(config: Config, manifest: Manifest, *, workers: int | None = None, force: bool = False,
+              progress: bool = True) -> dict[str, int]:
     """Run every task on `workers` processes; return counts of final ObsID states.
+
+    `progress`: a bar on a terminal, sparse lines elsewhere, on stderr (the
+    CLI's; the Python API passes False unless asked).
 
     Checks everything checkable first (`preflight`: UsageError, nothing
     written). A signal (SIGINT/SIGTERM) stops the handing out of tasks at
@@ -64,7 +68,7 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
         return (f"{done}/{len(tasks)} tasks, {tally['obsids']}/{len(manifest.rows)} ObsIDs, "
                 f"{tally['failed']} failed, {elapsed_s:.0f} s")
 
-    progress = ProgressLine(len(tasks), describe)
+    shown = ProgressLine(len(tasks), describe, show=progress)
     stopped: list[Done] = []
     lost: list[Lost] = []
     paths = RunPaths(config.run_dir)
@@ -74,7 +78,7 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
             counts[state] = counts.get(state, 0) + 1
         tally["obsids"] += len(states)
         tally["failed"] += sum(s == "failed" for s in states)
-        progress.advance()
+        shown.advance()
 
     def on_done(done: Done) -> None:
         if done.error is not None:
@@ -101,7 +105,7 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
     if stopped:
         first = stopped[0]
         more = f" (and {len(stopped) - 1} more tasks)" if len(stopped) > 1 else ""
-        log.info("%d of %d tasks not started after that", len(tasks) - progress.done, len(tasks))
+        log.info("%d of %d tasks not started after that", len(tasks) - shown.done, len(tasks))
         raise _error_like(first.exit_code, f"task {first.task} stopped: {first.error}{more}")
     return counts
 
