@@ -88,6 +88,7 @@ class Campaign:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.paths = RunPaths(config.run_dir)
+        self._manifest: tuple[tuple[int, int, int], Manifest] | None = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str]) -> "Campaign":
@@ -114,8 +115,20 @@ class Campaign:
         return planner.describe_plan(self.config, manifest)
 
     def manifest(self) -> Manifest:
-        """The written manifest (UsageError when the campaign has not been planned)."""
-        return read_manifest(self.paths.manifest)
+        """The written manifest (UsageError when the campaign has not been planned).
+
+        Kept while the file is unchanged (same inode, size and mtime): at
+        100,000 ObsIDs reading it costs most of a second, and `status` needs
+        it twice.
+        """
+        try:
+            st = self.paths.manifest.stat()
+        except OSError:
+            return read_manifest(self.paths.manifest)  # raises the one-line error for a missing manifest
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._manifest is None or self._manifest[0] != key:
+            self._manifest = (key, read_manifest(self.paths.manifest))
+        return self._manifest[1]
 
     def ensure_manifest(self) -> Manifest:
         """The written manifest, planning it first when there is none."""
