@@ -222,3 +222,17 @@ def test_work_obsid_that_is_not_an_obsid_is_a_usage_error(tmp_path, archive, cap
     assert main(["work", str(cfg), "--obsid", "x;rm -rf /"]) == 2
     err = capsys.readouterr().err
     assert "--obsid" in err and "Traceback" not in err and "np.str_" not in err
+
+
+def test_per_obsid_files_say_what_was_summed_and_how_it_was_screened(tmp_path, archive):
+    cfg = make_config(tmp_path, archive.root, pculist="1,2", layerlist="1", filter="(ELV > 5) && (OFFSET < 0.05)")
+    assert main(["plan", str(cfg)]) == 0
+    main(["work", str(cfg), "--task", "0"])
+    paths = RunPaths(tmp_path / "run")
+    done = [p for p in paths.lc_files()]
+    assert done
+    with fits.open(done[0], checksum=True) as hdul:
+        for hdu in (hdul[0], hdul[1]):
+            h = hdu.header
+            assert (h["PCULIST"], h["LAYERS"], h["FILTER"]) == ("1,2", "1", "(ELV > 5) && (OFFSET < 0.05)")
+            assert h["BACKEND"] == "native"

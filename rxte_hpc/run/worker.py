@@ -24,7 +24,7 @@ from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import DataError, Interrupted, NoDataError, RxteError, SiteError
 from rxte_hpc.extract import ExtractContext, Extractor, make_extractor
 from rxte_hpc.core.fsutil import describe_os_error, site_errors, write_atomic
-from rxte_hpc.fits.lcfile import lightcurve_bytes
+from rxte_hpc.fits.lcfile import extraction_keywords, lightcurve_bytes
 from rxte_hpc.core.manifest import Manifest, ManifestRow
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.scratch import Workspace, task_workspace
@@ -282,7 +282,9 @@ class TaskRunner:
 
     def _provenance(self, row: ManifestRow, curves: list) -> dict:
         assert self.extractor is not None
+        ex = self.config.extract
         return {
+            **extraction_keywords(self.extractor.name, ex.pculist, ex.layerlist, ex.filter),
             "OBS_ID": row.obsid.text,
             "CREATOR": f"rxte-hpc {__version__}",
             "BACKEND": self.extractor.name,
