@@ -25,8 +25,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.fits.timekeys import (
-    RXTE_MJDREFF, RXTE_MJDREFI, RXTE_TIMEREF, SECONDS_PER_DAY, TimeRef, absolute_times, read_time_ref, read_timedel,
-    read_timezero, read_tstart, read_tstop, time_cards, time_unit_seconds,
+    RXTE_MJDREFF, RXTE_MJDREFI, RXTE_TIMEREF, SECONDS_PER_DAY, TimeRef, absolute_times, bin_start_times, read_time_ref,
+    read_timedel, read_timezero, read_tstart, read_tstop, time_cards, time_unit_seconds,
 )
 from rxte_hpc.fits.writer import CardError, Col, primary_bytes, table_bytes
 
@@ -150,16 +150,7 @@ def _lightcurve_from_hdu(hdu: fits.BinTableHDU, gti: np.ndarray | None, where: s
         if column not in names:
             # a curve without ERROR or FRACEXP is not merged with made-up values (sqrt(RATE), 1)
             raise DataError(f"{where}: extension {extname} has no {column} column")
-    timedel = read_timedel(hdr)
-    if timedel is None:
-        raise DataError(f"{where}: light curve has no TIMEDEL")
-    time = absolute_times(data[names["TIME"]], hdr)
-    bad_time = int(np.count_nonzero(~np.isfinite(time)))
-    if bad_time:
-        raise DataError(f"{where}: extension {extname} has {bad_time} non-finite TIME value(s)")
-    timepixr = float(hdr.get("TIMEPIXR", 0.0))
-    if timepixr:
-        time = time - timepixr * timedel
+    time, timedel = bin_start_times(data[names["TIME"]], hdr, where, extname)
     rate = np.asarray(data[names["RATE"]], dtype=np.float64)
     error = np.asarray(data[names["ERROR"]], dtype=np.float64)
     fracexp = np.asarray(data[names["FRACEXP"]], dtype=np.float64)

@@ -123,6 +123,25 @@ def absolute_times(raw: np.ndarray, header: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(raw, dtype=np.float64) * time_unit_seconds(header) + read_timezero(header)
 
 
+def bin_start_times(raw: np.ndarray, header: Mapping[str, Any], where: str, extname: str) -> tuple[np.ndarray, float]:
+    """A light curve's bin starts (TIMEZERO added, TIMEPIXR taken off) and its TIMEDEL, for every reader.
+
+    No TIMEDEL, or a TIME that is not finite, is a DataError naming the file
+    and extension: such a curve is never merged.
+    """
+    timedel = read_timedel(header)
+    if timedel is None:
+        raise DataError(f"{where}: light curve has no TIMEDEL")
+    time = absolute_times(raw, header)
+    bad_time = int(np.count_nonzero(~np.isfinite(time)))
+    if bad_time:
+        raise DataError(f"{where}: extension {extname} has {bad_time} non-finite TIME value(s)")
+    timepixr = float(header.get("TIMEPIXR", 0.0))
+    if timepixr:
+        time = time - timepixr * timedel
+    return time, timedel
+
+
 def time_cards(
     ref: TimeRef,
     *,

@@ -29,7 +29,7 @@ import numpy as np
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.fits.lcfile import REQUIRED_COLUMNS, LightCurve, read_lightcurves
 from rxte_hpc.fits.tableio import BLOCK, CARD, FitsTable, Header, image_bytes, padded, table_at
-from rxte_hpc.fits.timekeys import absolute_times, read_time_ref, read_timedel
+from rxte_hpc.fits.timekeys import absolute_times, bin_start_times, read_time_ref
 from rxte_hpc.fits.writer import ones_complement_sum
 from rxte_hpc.products.merge import CARRIED_KEYWORDS, OPTIONAL_COLUMNS
 
@@ -190,16 +190,7 @@ def _curve(table: FitsTable, gti: np.ndarray | None, header_text: str, where: st
     for column in REQUIRED_COLUMNS:
         if not table.has(column):
             raise DataError(f"{where}: extension {table.extname or '?'} has no {column} column")
-    timedel = read_timedel(hdr)
-    if timedel is None:
-        raise DataError(f"{where}: light curve has no TIMEDEL")
-    time = absolute_times(table.values("TIME"), hdr)
-    bad_time = int(np.count_nonzero(~np.isfinite(time)))
-    if bad_time:
-        raise DataError(f"{where}: extension {table.extname} has {bad_time} non-finite TIME value(s)")
-    timepixr = float(hdr.get("TIMEPIXR", 0.0))
-    if timepixr:
-        time = time - timepixr * timedel
+    time, timedel = bin_start_times(table.values("TIME"), hdr, where, table.extname)
     columns = {name: _native(table, name) for name in table.names if name.upper() in _OPTIONAL_UPPER}
     keywords: dict[str, Any] = {k: hdr[k] for k in MERGE_KEYWORDS if k in hdr}
     for match in _CHANNEL_COMMENT.finditer(_cards_text(header_text)):
