@@ -236,3 +236,21 @@ def test_per_obsid_files_say_what_was_summed_and_how_it_was_screened(tmp_path, a
             h = hdu.header
             assert (h["PCULIST"], h["LAYERS"], h["FILTER"]) == ("1,2", "1", "(ELV > 5) && (OFFSET < 0.05)")
             assert h["BACKEND"] == "native"
+
+
+def test_a_channel_band_gives_nominal_kev_per_obsid_and_their_range_when_merged(tmp_path, archive):
+    cfg = make_config(tmp_path, archive.root)  # the demo's band: channels 5-10, over 16 years of gain epochs
+    main(["run", str(cfg)])
+    paths = RunPaths(tmp_path / "run")
+    per_obsid = []
+    for path in paths.lc_files():
+        with fits.open(path) as hdul:
+            h = hdul[1].header
+            per_obsid.append((h["GAINEPOC"], h["E_MIN"], h["E_MAX"]))
+            assert (h["CHMIN"], h["CHMAX"]) == (5, 10) and "NOMINAL" in h["ECHANRUL"]
+    assert len({e for e, _, _ in per_obsid}) > 1, "the test archive should span several gain epochs"
+    with fits.open(tmp_path / "run" / "merged.lc") as hdul:
+        h = hdul["RATE"].header
+        assert (h["CHMIN"], h["CHMAX"]) == (5, 10)
+        assert h["E_MIN"] == min(lo for _, lo, _ in per_obsid) and h["E_MAX"] == max(hi for _, _, hi in per_obsid)
+        assert "nominal" in h.comments["E_MIN"]

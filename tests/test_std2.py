@@ -247,10 +247,22 @@ def test_resolve_band_from_energy_uses_the_epoch_of_the_time() -> None:
     assert resolve_band(energy_kev=(2.0, 9.0), met=300_000_000.0).chmax == 21
 
 
-def test_resolve_band_from_channels_has_no_epoch() -> None:
+def test_resolve_band_from_channels_needs_no_epoch() -> None:
     assert resolve_band(chmin=5, chmax=10, met=None) == ChannelBand(5, 10, None, "channels")
-    assert resolve_band(met=100_000_000.0) == ChannelBand(0, 255, None, "channels")
     assert resolve_band(chmin=14, met=None) == ChannelBand(14, 255, None, "channels")
+    assert resolve_band(chmin=5, chmax=10, met=1.0) == ChannelBand(5, 10, None, "channels")  # no RXTE time: no keV
+
+
+@pytest.mark.parametrize(("epoch", "met", "channels"), [(3, 100_000_000.0, (5, 24)), (5, 300_000_000.0, (5, 21))])
+def test_a_channel_band_gets_its_nominal_kev_which_matches_heasarcs_products(epoch, met, channels) -> None:
+    """HEASARC's 2-9 keV standard products use channels 5-24 in epoch 3 and 5-21 in epoch 5 (tests/data):
+    the nominal keV of those channel ranges must come back as 2-9 keV, to within half a Standard-2 bin."""
+    band = resolve_band(chmin=channels[0], chmax=channels[1], met=met)
+    assert (band.chmin, band.chmax, band.epoch) == (*channels, epoch)
+    lo, hi = band.nominal_kev
+    assert abs(lo - 2.0) < 0.15 and abs(hi - 9.0) < 0.25
+    kw = band_keywords(band, None)
+    assert (kw["E_MIN"][0], kw["E_MAX"][0], kw["GAINEPOC"][0]) == (lo, hi, epoch) and "NOMINAL" in kw["ECHANRUL"][0]
 
 
 @pytest.mark.parametrize(

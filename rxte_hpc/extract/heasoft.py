@@ -186,7 +186,10 @@ class HeasoftExtractor(Extractor):
         if band.energy_kev is None:
             chmin = "INDEF" if band.chmin is None else str(band.chmin)
             chmax = "INDEF" if band.chmax is None else str(band.chmax)
-            return chmin, chmax, band_keywords(resolve_band(chmin=band.chmin, chmax=band.chmax, met=None), None)
+            pcus = parse_pculist(self.context.config.extract.pculist)
+            resolved = resolve_band(chmin=band.chmin, chmax=band.chmax, met=_first_start(first_std2),
+                                    pcu0=pcu0_energies(pcus))
+            return chmin, chmax, band_keywords(resolved, None)
         pcus = parse_pculist(self.context.config.extract.pculist)
         resolved = resolve_band(energy_kev=band.energy_kev, met=_first_start(first_std2), pcu0=pcu0_energies(pcus))
         return str(resolved.chmin), str(resolved.chmax), band_keywords(resolved, band.energy_kev)

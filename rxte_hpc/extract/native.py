@@ -84,7 +84,7 @@ def band_for_pcus(band: BandConfig, pcus: Sequence[int], met: float) -> ChannelB
     summed alone (`std2.pcu0_energies`, the heasoft backend's rule too)."""
     if band.energy_kev is not None:
         return resolve_band(energy_kev=band.energy_kev, met=met, pcu0=pcu0_energies(pcus))
-    return resolve_band(chmin=band.chmin, chmax=band.chmax, met=None)
+    return resolve_band(chmin=band.chmin, chmax=band.chmax, met=met, pcu0=pcu0_energies(pcus))
 
 
 def effective_gti(file_gti: np.ndarray, user_gti: np.ndarray, tstart: float | None, tstop: float | None) -> np.ndarray:

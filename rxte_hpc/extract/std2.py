@@ -215,8 +215,23 @@ def energy_to_channels(lo_kev: float, hi_kev: float, epoch: int, pcu0: bool = Fa
     return int(channel_map[first, 0]), int(channel_map[stop - 1, 1])
 
 
+def channels_to_kev(chmin: int, chmax: int, epoch: int, pcu0: bool = False) -> tuple[float, float]:
+    """Nominal keV of an absolute channel range in a gain epoch: the edges of the Standard-2 bins holding chmin and chmax.
+
+    The same nominal table and bin convention as `energy_to_channels` (bin k
+    covers (E[k-1], E[k]]): what a channel band means in keV, for headers and
+    plot titles; it changes from epoch to epoch as the gain did.
+    """
+    channel_map, energies = _energy_table()
+    upper = energies[_energy_column(epoch, pcu0)]
+    first = int(np.searchsorted(channel_map[:, 1], chmin))
+    last = int(np.searchsorted(channel_map[:, 1], chmax))
+    return (0.0 if first == 0 else float(upper[first - 1])), float(upper[min(last, len(upper) - 1)])
+
+
 #: The keV -> channel rule and the PCU rule, as header comments say them (<= 68 characters each).
 ENERGY_RULE = "NOMINAL e-c table; band edges to nearest Std2 bin edge"
+CHANNEL_RULE = "NOMINAL e-c table; keV of the Std2 bins holding CHMIN/CHMAX"
 PCU_RULE = "one chmin/chmax for all PCUs; PCU0 e-c column only if PCU0 alone"
 
 
@@ -244,6 +259,11 @@ def band_keywords(band: "ChannelBand", energy_kev: Sequence[float] | None) -> di
         out["GAINEPOC"] = (int(band.epoch or 0), "PCA gain epoch of the keV -> channel table")
         out["ECHANRUL"] = (ENERGY_RULE, "")
         out["PCUCHRUL"] = (PCU_RULE, "")
+    elif band.nominal_kev is not None:
+        out["E_MIN"] = (band.nominal_kev[0], "[keV] nominal low edge of CHMIN's Std2 bin")
+        out["E_MAX"] = (band.nominal_kev[1], "[keV] nominal high edge of CHMAX's Std2 bin")
+        out["GAINEPOC"] = (int(band.epoch or 0), "PCA gain epoch of the nominal e-c table")
+        out["ECHANRUL"] = (CHANNEL_RULE, "")
     return out
 
 
@@ -255,6 +275,8 @@ class ChannelBand:
     chmax: int
     epoch: int | None
     source: str
+    #: A channel band's nominal keV in its epoch (None when no time was given, or for a keV band: that is asked).
+    nominal_kev: tuple[float, float] | None = None
 
 
 def resolve_band(
@@ -288,7 +310,10 @@ def resolve_band(
     hi = N_ABS_CHANNELS - 1 if chmax is None else _channel(chmax, "chmax")
     if lo > hi:
         raise UsageError(f"channel range {lo}-{hi} is empty: chmin must not exceed chmax")
-    return ChannelBand(lo, hi, None, "channels")
+    if met is None or not np.isfinite(met) or met < _gain_epochs()[0].start_met:
+        return ChannelBand(lo, hi, None, "channels")  # channels need no epoch; without one there is no nominal keV
+    epoch = gain_epoch(met)  # channels mean the same in every epoch; only their nominal keV changes
+    return ChannelBand(lo, hi, epoch, "channels", channels_to_kev(lo, hi, epoch, pcu0))
 
 
 def _channel(value: Any, name: str) -> int:

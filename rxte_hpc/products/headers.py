@@ -82,11 +82,13 @@ def band_keywords(band: BandConfig, config: Config, kw: Mapping[str, Any]) -> di
 
 
 def band_text(kw: Mapping[str, Any], bands: Sequence[BandConfig], name: str) -> str:
-    """A band for people: '2-9 keV', '2-9 keV (channels 5-21)', or 'channels 5-10'."""
+    """A band for people: '2-9 keV (channels 5-21)', 'channels 5-10 (nominal 1.94-4.63 keV)', or 'channels 5-10'."""
     band = next(b for b in bands if b.name == name)
     lo, hi = band.energy_kev if band.energy_kev is not None else (value_of(kw.get("E_MIN")), value_of(kw.get("E_MAX")))
     kev = f"{float(lo):g}-{float(hi):g} keV" if lo is not None and hi is not None else ""
     chans = f"channels {value_of(kw['CHMIN'])}-{value_of(kw['CHMAX'])}" if "CHMIN" in kw and "CHMAX" in kw else ""
+    if kev and chans and band.energy_kev is None:  # a channel band: its keV is nominal and moves with the gain epoch
+        return f"{chans} (nominal {kev})"
     if kev and chans:
         return f"{kev} ({chans})"
     return kev or chans or band.describe()

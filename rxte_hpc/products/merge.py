@@ -115,8 +115,14 @@ class CurveAccumulator:
         if self.keywords is None:
             self.keywords = carried
         else:
-            varied = {k: ("varies per ObsID", "differs between the merged ObsIDs") for k in _SAY_VARIES
-                      if k in self.keywords and carried.get(k) != self.keywords[k]}
+            varied: dict[str, tuple[object, str]] = {
+                k: ("varies per ObsID", "differs between the merged ObsIDs") for k in _SAY_VARIES
+                if k in self.keywords and carried.get(k) != self.keywords[k]}
+            # a channel band's nominal keV changes with the gain epoch: the merged file gives the range
+            for key, pick in (("E_MIN", min), ("E_MAX", max)):
+                if key in self.keywords and key in carried and carried[key] != self.keywords[key]:
+                    value = pick(float(value_of(carried[key])), float(value_of(self.keywords[key])))
+                    varied[key] = (value, f"[keV] nominal, {'lowest' if pick is min else 'highest'} over the ObsIDs")
             self.keywords = {**{k: v for k, v in self.keywords.items() if carried.get(k) == v}, **varied}
 
     def finish(self, name: str = "RATE") -> MergedCurve:
