@@ -254,3 +254,17 @@ def test_a_channel_band_gives_nominal_kev_per_obsid_and_their_range_when_merged(
         assert (h["CHMIN"], h["CHMAX"]) == (5, 10)
         assert h["E_MIN"] == min(lo for _, lo, _ in per_obsid) and h["E_MAX"] == max(hi for _, _, hi in per_obsid)
         assert "nominal" in h.comments["E_MIN"]
+
+
+def test_changing_the_simulation_after_first_use_is_refused_not_ignored(tmp_path, capsys):
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    demo.update(run_dir=str(tmp_path / "run"), scratch={"root": str(tmp_path / "s")}, simulate={"n_obs": 4, "seed": 2})
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump(demo))
+    assert main(["plan", str(cfg)]) == 0
+    demo["simulate"] = {"n_obs": 9, "seed": 2}
+    cfg.write_text(yaml.safe_dump(demo))
+    capsys.readouterr()
+    assert main(["plan", str(cfg), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "n_obs=9" in err and "n_obs=4" in err and "Traceback" not in err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rxte_hpc.archive.base import Archive
 from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
-from rxte_hpc.core.errors import NoDataError
+from rxte_hpc.core.errors import NoDataError, SiteError, UsageError
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.safepath import safe_relpath
@@ -45,11 +45,36 @@ def simulated_ready(paths: RunPaths) -> bool:
     return (paths.simulated_archive / ".complete").is_file()
 
 
+def _simulation_text(config: Config) -> str:
+    sim = config.simulate
+    return f"complete n_obs={sim.n_obs} seed={sim.seed} with_broken={sim.with_broken}\n"
+
+
+def _check_simulation(config: Config, done: Path) -> None:
+    """An archive simulated with other `simulate:` settings is refused, not silently used (UsageError naming both)."""
+    try:
+        made = done.read_text()
+    except OSError as exc:
+        raise SiteError(f"{done}: cannot read ({exc.strerror or exc})", path=done, cause=exc) from exc
+    if made.strip() == "complete":  # written before the settings were recorded: nothing to compare
+        return
+    if made != _simulation_text(config):
+        raise UsageError(
+            f"{config.path}: simulate: says {_simulation_text(config)[len('complete '):].strip()}, but "
+            f"{done.parent} was simulated with {made[len('complete '):].strip()}: use a new run_dir, "
+            "or delete that archive to simulate it again")
+
+
 def ensure_simulated(config: Config, paths: RunPaths) -> Path:
-    """Generate the simulated archive once under <run_dir>/archive (a lock keeps it to one writer)."""
+    """Generate the simulated archive once under <run_dir>/archive (a lock keeps it to one writer).
+
+    The `simulate:` settings are recorded in its `.complete` marker, so a later
+    change of n_obs or seed is refused instead of silently ignored.
+    """
     root = paths.simulated_archive
     done = root / ".complete"
     if done.is_file():
+        _check_simulation(config, done)
         return root
     paths.root.mkdir(parents=True, exist_ok=True)
     with open(paths.root / ".archive.lock", "w") as lock:
@@ -60,7 +85,9 @@ def ensure_simulated(config: Config, paths: RunPaths) -> Path:
             sim = config.simulate
             log.info("simulating an RXTE archive of %d ObsIDs under %s (first use)", sim.n_obs, root)
             simulate_archive(root, n_obs=sim.n_obs, seed=sim.seed, with_broken=sim.with_broken)
-            done.write_text("complete\n")
+            done.write_text(_simulation_text(config))
+        else:
+            _check_simulation(config, done)
     return root
 
 
