@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -268,3 +269,21 @@ def test_changing_the_simulation_after_first_use_is_refused_not_ignored(tmp_path
     assert main(["plan", str(cfg), "--force"]) == 2
     err = capsys.readouterr().err
     assert "n_obs=9" in err and "n_obs=4" in err and "Traceback" not in err
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path, archive):
+    """`rxte-hpc status CFG | head`: the reader is gone before status writes; no traceback, no 'Exception ignored'."""
+    import subprocess
+    import sys
+
+    cfg = make_config(tmp_path, archive.root, backend="stdprod", chmin=None, chmax=None)
+    assert main(["plan", str(cfg)]) == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already left
+    try:
+        done = subprocess.run([sys.executable, "-m", "rxte_hpc", "status", str(cfg), "--json"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr and "Exception ignored" not in done.stderr

@@ -70,3 +70,13 @@ def test_ordering_and_hash():
     a, b = ObsID("10000-01-01-00"), ObsID("20000-01-01-00")
     assert sorted([b, a]) == [a, b]
     assert len({a, ObsID("10000-01-01-00")}) == 1
+
+
+def test_errors_quote_the_text_not_a_numpy_repr():
+    import numpy as np
+
+    from rxte_hpc.core.obsid import InvalidObsID, ObsID
+
+    with pytest.raises(InvalidObsID) as caught:
+        ObsID.parse(np.str_("../../x"))
+    assert str(caught.value).endswith("'../../x'") and "np.str_" not in str(caught.value)

@@ -28,7 +28,7 @@ class ObsID:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str) or not _OBSID_RE.fullmatch(self.text):
-            raise InvalidObsID(f"not an RXTE ObsID (NNNNN-TT-VV-SS[X]): {self.text!r}")
+            raise InvalidObsID(f"not an RXTE ObsID (NNNNN-TT-VV-SS[X]): {str(self.text)!r}")
 
     @classmethod
     def parse(cls, value: object) -> "ObsID":
@@ -38,7 +38,7 @@ class ObsID:
         if isinstance(value, bytes):
             value = value.decode("ascii", errors="replace")
         if not isinstance(value, str):
-            raise InvalidObsID(f"not an RXTE ObsID (NNNNN-TT-VV-SS[X]): {value!r}")
+            raise InvalidObsID(f"not an RXTE ObsID (NNNNN-TT-VV-SS[X]): {str(value)!r}")
         return cls(value.strip())
 
     def __str__(self) -> str:
@@ -90,9 +90,9 @@ def check_cycle(cycle: object) -> int:
     try:
         number = int(cycle)  # type: ignore[call-overload]
     except (TypeError, ValueError):
-        raise InvalidObsID(f"AO cycle is not a whole number: {cycle!r}") from None
+        raise InvalidObsID(f"AO cycle is not a whole number: {str(cycle)!r}") from None
     if number != cycle and str(cycle).strip() != str(number):
-        raise InvalidObsID(f"AO cycle is not a whole number: {cycle!r}")
+        raise InvalidObsID(f"AO cycle is not a whole number: {str(cycle)!r}")
     if not 0 <= number <= MAX_CYCLE:
         raise InvalidObsID(f"AO cycle out of range 0..{MAX_CYCLE}: {cycle!r}")
     return number
