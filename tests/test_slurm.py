@@ -652,3 +652,25 @@ def test_rerun_and_submit_dry_run_write_nothing_at_all(tmp_path, monkeypatch, ca
     assert snapshot() == before
     RunSummary.collect(read_manifest(paths.manifest), paths, cfg.hash())  # a real reader does write its caches
     assert paths.status_index.is_file() and paths.manifest_cache.is_file()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_live_demo_config_as_shipped_gives_its_merged_light_curve(slurm_cluster, tmp_path, capsys):
+    """configs/demo.yaml byte for byte (simulated archive, native backend, /dev/shm scratch, default slurm: block)."""
+    shipped = REPO / "configs" / "demo.yaml"
+    cfg_path = tmp_path / "configs" / "demo.yaml"
+    cfg_path.parent.mkdir()
+    cfg_path.write_bytes(shipped.read_bytes())
+    run = tmp_path / "runs" / "demo"  # run_dir: ../runs/demo, relative to the config's folder
+    assert main(["submit", str(cfg_path)]) == 0
+    jobs = read_jobs(RunPaths(run))
+    wait_jobs([j["job_id"] for j in jobs], timeout=600)
+    for j in jobs:
+        assert all(s == ("COMPLETED", "0:0") for s in job_states(j["job_id"]).values()), (j, job_states(j["job_id"]))
+    manifest = read_manifest(RunPaths(run).manifest)
+    assert len(manifest.rows) == 200
+    assert all(read_record(RunPaths(run), r.obsid.text).state == "done" for r in manifest.rows)
+    assert (run / "merged.lc").is_file() and (run / "merged.png").is_file()
+    capsys.readouterr()
+    assert main(["status", str(cfg_path)]) == 0
