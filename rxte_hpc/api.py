@@ -137,12 +137,6 @@ class Campaign:
         return ensure_manifest(self.config)
 
     # -- extract ---------------------------------------------------------------------------
-    def check(self, manifest: Manifest | None = None) -> None:
-        """Everything that can be checked before any task starts: the backend runs here, bands fit every gain epoch."""
-        from rxte_hpc.run.preflight import preflight
-
-        preflight(self.config, self.manifest() if manifest is None and self.paths.manifest.is_file() else manifest)
-
     def run(self, workers: int | None = None, force: bool = False, progress: bool = False) -> RunSummary:
         """Every task on this machine (planning first if needed); returns the status summary.
 

@@ -177,18 +177,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
     if args.plot and not (args.force or args.dry_run) and campaign.paths.manifest.is_file():
-        # the plot of the plan that is already there: replanning would need --force once tasks ran
-        from rxte_hpc.products.plot import plot_exposure
-
+        # --plot of the plan that is already there: replanning would need --force once tasks ran
         manifest = campaign.manifest()
         print(f"{campaign.paths.manifest}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks (kept)")
-        print(f"wrote {plot_exposure(manifest, campaign.paths.manifest.with_name('exposure.png'))}")
-        return 0
-    manifest = campaign.plan(force=args.force, dry_run=args.dry_run)
-    if args.dry_run:
-        print(campaign.describe_plan(manifest))
-        return 0
-    print(f"wrote {campaign.paths.manifest}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks")
+    else:
+        manifest = campaign.plan(force=args.force, dry_run=args.dry_run)
+        if args.dry_run:
+            print(campaign.describe_plan(manifest))
+            return 0
+        print(f"wrote {campaign.paths.manifest}: {len(manifest.rows)} ObsIDs in {manifest.n_tasks} tasks")
     if args.plot:
         from rxte_hpc.products.plot import plot_exposure
 
