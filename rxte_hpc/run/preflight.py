@@ -38,7 +38,15 @@ def preflight(config: Config, manifest: Manifest | None = None, extractor: Extra
         extractor = check_backend(config)
     else:
         extractor.check_available()
-    if extractor.name in ("heasoft", "native"):  # the backends that convert keV to channels
+    check_manifest_bands(config, manifest)
+
+
+def check_manifest_bands(config: Config, manifest: Manifest | None) -> None:
+    """The bands against every gain epoch the manifest spans, for the backends that turn keV into channels.
+
+    It needs nothing of this machine, so `submit` runs it even where it only warns about the backend.
+    """
+    if config.extract.backend in ("heasoft", "native"):  # stdprod's bands are HEASARC's own
         check_bands(config, epochs_of(manifest))
 
 

@@ -196,10 +196,9 @@ def _check_backend_or_warn(config: Config, manifest: Manifest) -> None:
     """run.preflight before any sbatch: bands against the manifest's gain epochs always; the backend check only warns
     when slurm.setup lines may provide on the nodes what this shell lacks (e.g. `module load heasoft`)."""
     from rxte_hpc.extract import check_backend
-    from rxte_hpc.run.preflight import check_bands, epochs_of
+    from rxte_hpc.run.preflight import check_manifest_bands
 
-    if config.extract.backend in ("heasoft", "native"):  # the backends that turn keV into channels
-        check_bands(config, epochs_of(manifest))
+    check_manifest_bands(config, manifest)
     try:
         check_backend(config)
     except RxteError as exc:
