@@ -296,13 +296,16 @@ LOST_ENV = {"RXTE_HPC_MPI_HEARTBEAT_S": "0.2", "RXTE_HPC_MPI_DEAD_AFTER_S": "1.5
 
 def _lose_rank_1(proc: subprocess.Popen, markers: Path, signum: int, start_s: float = 30.0) -> tuple[str, str]:
     try:
-        _wait_for(lambda: markers.is_dir() and any(markers.glob("r1-*")), timeout=start_s)
+        _wait_for(lambda: markers.is_dir() and any(markers.glob("r1-*")) or proc.poll() is not None, timeout=start_s)
+        if proc.poll() is not None:  # the launcher ended before rank 1 started: say what it printed
+            out, err = proc.communicate()
+            raise AssertionError(f"launcher exited {proc.returncode} before rank 1 started:\n{out}\n{err}")
         os.kill(_rank_pid(markers, 1), signum)
         return proc.communicate(timeout=40)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        proc.communicate()  # always drain and close its pipes, so no unclosed file leaks into a later test
 
 
 def _assert_survived(tmp_path: Path, cfg: Path, out: str, err: str) -> None:
