@@ -13,7 +13,7 @@
 #     DOWN/DRAINED.
 #
 # Environment knobs (all optional):
-#   SLURM_CI_PREFIX     state/log/spool root               (default /tmp/rxte-hpc-slurm)
+#   SLURM_CI_PREFIX     state/log/spool root               (default /var/lib/slurm-ci)
 #   SLURM_CI_MAX_ARRAY  MaxArraySize (default 100001; tests use 5 to exercise chunking)
 #   SLURM_CI_CPUS       CPUs to advertise (may exceed nproc -> config_overrides)
 #   SLURM_CI_MEM_MB     RealMemory to advertise            (default 90% of physical)
@@ -26,7 +26,7 @@
 # node line from `slurmd -C` or the node is drained for a core-count mismatch.
 set -euo pipefail
 
-PREFIX=${SLURM_CI_PREFIX:-/tmp/rxte-hpc-slurm}
+PREFIX=${SLURM_CI_PREFIX:-/var/lib/slurm-ci}
 MAX_ARRAY=${SLURM_CI_MAX_ARRAY:-100001}
 CONF=/etc/slurm/slurm.conf      # default path compiled into every Slurm tool
 TIMEOUT=${SLURM_CI_TIMEOUT:-60}

@@ -4,7 +4,7 @@
 #   --purge   also delete controller state, spool and logs (the next start is
 #             from scratch; job ids restart at 1)
 set -uo pipefail
-PREFIX=${SLURM_CI_PREFIX:-/tmp/rxte-hpc-slurm}
+PREFIX=${SLURM_CI_PREFIX:-/var/lib/slurm-ci}
 log() { printf '[stop-slurm %s] %s\n' "$(date +%T)" "$*" >&2; }
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

@@ -23,7 +23,7 @@ HEADAS="$PWD/tests/heasoft_standin" "$VENV/bin/python" -m pip install -q --no-de
   "$SHARED/vendor/heasoftpy-1.5.tar.gz"
 "$VENV/bin/python" -c "import heasoftpy; print('test-all: heasoftpy', heasoftpy.__version__)"
 
-# HEASARC's fitsverify checks every FITS file a run writes (tests/test_fitsverify.py); Debian package.
+# HEASARC's fitsverify checks every FITS file a run writes (tests/system/test_fitsverify.py); Debian package.
 if ! command -v fitsverify >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fitsverify

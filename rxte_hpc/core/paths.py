@@ -28,7 +28,7 @@ from rxte_hpc.core.obsid import ObsID
 
 #: Shard folders per per-ObsID directory (two hex digits).
 N_SHARDS = 256
-#: What the layout promises per folder (DESIGN.md), checked by tests/test_paths.py.
+#: What the layout promises per folder (DESIGN.md), checked by tests/core/test_paths.py.
 MAX_FOLDER_ENTRIES = 1000
 
 

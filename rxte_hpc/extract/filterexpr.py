@@ -3,7 +3,7 @@
 The language is the part of CFITSIO's calculator (eval.l / eval.y, which
 maketime's `ftfrow` runs) that screening needs; every rule below was read in
 CFITSIO's source and is checked row for row against CFITSIO itself
-(tests/test_filterexpr_cfitsio.py, through fitsio). Anything else CFITSIO
+(tests/extract/test_filterexpr_cfitsio.py, through fitsio). Anything else CFITSIO
 knows (strings, bit strings, `?:`, `{-1}` row offsets, `[i]`, `#KEYWORD`,
 `$name$`, bitwise operators, vector functions) is refused when the
 expression is parsed, never evaluated differently.

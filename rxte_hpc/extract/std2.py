@@ -188,7 +188,7 @@ def energy_to_channels(lo_kev: float, hi_kev: float, epoch: int, pcu0: bool = Fa
     Standard-2 bin (bin k covers (E[k-1], E[k]], bin 0 from 0 keV; see the
     data README), and each band edge snaps to the NEAREST bin boundary (ties
     to the lower one). Against HEASARC's own 2-9 keV standard products
-    (tests/test_std2.py reads them) it gives their 5-24 in epoch 3 and 5-21 in
+    (tests/extract/test_std2.py reads them) it gives their 5-24 in epoch 3 and 5-21 in
     epoch 5, and 5-20 in epoch 4 where the product says 5-21: a known
     one-channel difference (no single snapping rule over the nominal table
     reproduces all three; the gain also drifts inside an epoch), recorded in

@@ -6,7 +6,7 @@ minute. Here a binary table's header is parsed once and only the columns the
 extraction needs are viewed, zero-copy, through a numpy dtype with their byte
 offsets, so a file costs about what reading its bytes costs.
 
-What it reads, it reads as CFITSIO and astropy do (tests/test_tableio.py
+What it reads, it reads as CFITSIO and astropy do (tests/fits/test_tableio.py
 compares every column): numbers B, I, J, K, E, D of any repeat count (TDIMn
 shapes, TSCAL/TZERO/TNULL honoured), strings nA (whole, as bytes), logicals
 nL (as the stored T/F/NUL bytes). What it cannot read it refuses with a

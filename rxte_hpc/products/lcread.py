@@ -15,7 +15,7 @@ A failed sum is a DataError at once (the file changed after it was written).
 Anything else the fast path does not read (gzip, a long-string keyword, an
 odd column, a structure it does not expect) goes to `lcfile.read_lightcurves`
 with checksum verification, so the result, or the one-line error, is the
-authoritative reader's. tests/test_targets_gather.py compares the two readers.
+authoritative reader's. tests/products/test_targets_gather.py compares the two readers.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ thread support rank 0 serves requests between its own ObsIDs and silences are
 judged from ObsID durations instead.
 
 Which lost ranks are survived depends on the launcher (measured with MPICH 5.0,
-tests/test_mpi.py):
+tests/run/test_mpi.py):
 - a rank that hangs or is stopped (SIGSTOP, a dead filesystem): every launcher;
 - a rank killed outright (SIGKILL, the OOM killer) under `srun --mpi=pmi2`
   (what `submit --mpi` runs) with Slurm's default `--kill-on-bad-exit=0`;
