@@ -64,10 +64,29 @@ class SimulateConfig:
     with_broken: bool = _f(False, "add deliberately broken ObsIDs")
 
 
+#: How an `archive.root` names a remote archive (anything else is a directory or 'simulated').
+REMOTE_SCHEMES = ("s3://", "https://", "http://")
+#: AWS region names as AWS spells them (us-east-1, ap-southeast-2, us-gov-west-1).
+_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+
+
+def is_remote_root(root: str) -> bool:
+    """Whether an `archive.root` value names an S3 or HTTP(S) archive rather than a directory."""
+    return root.startswith(REMOTE_SCHEMES)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = _f(None, "S3 endpoint of a bucket outside AWS, http(s)://host[:port] (default: AWS)")
+    anon: bool = _f(True, "read without credentials (HEASARC's bucket is public); false: the usual AWS credentials")
+    region: str = _f("us-east-1", "AWS region of the bucket (HEASARC's nasa-heasarc: us-east-1)")
+
+
 @dataclass(frozen=True)
 class ArchiveConfig:
-    root: str = _f(ARCHIVE_SIMULATED, "archive root: a directory, an https:// URL, or 'simulated'")
-    cache: Path | None = _f(None, "download cache for an https root (default <run_dir>/cache)", path=True)
+    root: str = _f(ARCHIVE_SIMULATED, "archive root: a directory, an s3:// or https:// URL, or 'simulated'")
+    cache: Path | None = _f(None, "download cache for an s3:// or https:// root (default <run_dir>/cache)", path=True)
+    s3: S3Config = _f(S3Config(), "for an s3:// root: {endpoint_url, anon, region}")
 
 
 @dataclass(frozen=True)
@@ -248,7 +267,7 @@ def config_from_mapping(raw: Any, path: Path) -> Config:
     run_dir = _resolve_path(_expect_str(raw["run_dir"], "run_dir", path), base)
     sections = {name: _section(cls, raw.get(name), name, path, base) for name, cls in _SECTIONS.items()}
     root = sections["archive"].root
-    if root != ARCHIVE_SIMULATED and not root.startswith(("http://", "https://")):
+    if root != ARCHIVE_SIMULATED and not is_remote_root(root):
         sections["archive"] = dataclasses.replace(sections["archive"], root=str(_resolve_path(root, base)))
     targets: tuple[TargetConfig, ...] = ()
     if "targets" in raw:
@@ -372,6 +391,8 @@ def _convert(value: Any, hint: Any, fld: dataclasses.Field, key: str, path: Path
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if key == "extract.bands":
         return _bands(value, fail, path, key)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested section such as archive.s3
+        return _section(hint, value, key, path, base)
     origin = typing.get_origin(hint)
     if hint is bool:
         if not isinstance(value, bool):
@@ -492,3 +513,20 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"{path}: {key}: energy band [{lo:g}, {hi:g}] keV needs 0 <= low < high")
     if cfg.source.kind == "table" and cfg.source.path is None:
         raise ConfigError(f"{path}: source.path is required for source.kind: table")
+    _archive_checks(cfg)
+
+
+def _archive_checks(cfg: Config) -> None:
+    """A remote root cannot be scanned, and archive.s3 belongs to an s3:// root."""
+    path, archive = cfg.path, cfg.archive
+    root = archive.root
+    if cfg.source.kind == "archive" and is_remote_root(root):
+        raise ConfigError(f"{path}: source.kind: archive scans a mounted directory, but archive.root is "
+                          f"{root[:80]!r}: plan from TAP (source.kind: tap) or a table (source.kind: table)")
+    s3 = archive.s3
+    if s3 != S3Config() and not root.startswith("s3://"):
+        raise ConfigError(f"{path}: archive.s3 applies to an s3:// archive.root only, not {root[:80]!r}")
+    if s3.endpoint_url is not None and not s3.endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: archive.s3.endpoint_url must be http(s)://host[:port], not {s3.endpoint_url[:80]!r}")
+    if not _REGION_RE.fullmatch(s3.region):
+        raise ConfigError(f"{path}: archive.s3.region must be an AWS region such as us-east-1, not {s3.region[:40]!r}")

@@ -13,8 +13,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
-from rxte_hpc.archive.remote import RemoteArchive, is_remote_root
-from rxte_hpc.core.config import Config
+from rxte_hpc.archive.remote import RemoteArchive
+from rxte_hpc.core.config import Config, is_remote_root
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError
 from rxte_hpc.core.manifest import Manifest, ManifestRow
 from rxte_hpc.core.paths import RunPaths
@@ -131,11 +131,12 @@ def fetch(config: Config, manifest: Manifest, task: int | None = None, *, stream
     paths = RunPaths(config.run_dir)
     cache = config.archive.cache or paths.cache_dir
     tally = _Tally(len(rows), out)
-    archive = RemoteArchive(root, cache, progress=tally.transfers)
+    archive = RemoteArchive(root, cache, progress=tally.transfers, s3=config.archive.s3)
     extractor = make_extractor(ExtractContext(config, paths, archive))
     log.info("fetching what the %s backend reads for %d ObsIDs from %s into %s", config.extract.backend, len(rows),
              archive.location, archive.cache_dir)
     outcomes = _run_fetches(archive, extractor, rows, tally)
+    archive.raise_if_root_empty()  # one line for a wrong root, not one "failed" per ObsID
     for o in outcomes:
         if o.state in ("missing", "failed"):
             print(f"  {o.obsid} {o.state}: {' '.join(o.error.split())}", file=out)
