@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 _RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)$")
+ENDLESS_LIMIT = 64 * 1024 * 1024
+"""An endless body stops by itself after this many bytes (so a broken client cannot keep a test busy)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Faults:
     """paths whose Range header is ignored: a full 200 answer, as some mirrors do."""
     delay_s: dict[str, float] = field(default_factory=dict)
     """path -> sleep this long before sending the body (keeps concurrent clients overlapping)."""
+    endless: frozenset[str] = frozenset()
+    """paths answered 200 without a Content-Length and a body that does not end (until the client hangs up)."""
 
 
 class Request(NamedTuple):
@@ -123,6 +127,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._error(403, "Forbidden")
         if seen < faults.fail_503.get(path, 0):
             return self._error(503, "Service Unavailable")
+        if path in faults.endless and body:
+            return send_endless(self)
         local = self._local(path)
         if local is None or not local.exists():
             return self._error(404, "Not Found")
@@ -190,6 +196,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if candidate != self.server.root and self.server.root not in candidate.parents:
             return None
         return candidate
+
+
+def send_endless(handler: http.server.BaseHTTPRequestHandler) -> int:
+    """Answer 200 without a length, then zeros until the client hangs up (at most ENDLESS_LIMIT bytes)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    block = b"\0" * 65536
+    with contextlib.suppress(OSError):
+        for _ in range(ENDLESS_LIMIT // len(block)):
+            handler.wfile.write(block)
+    return 200
 
 
 def _index_page(path: str, directory: Path) -> bytes:
