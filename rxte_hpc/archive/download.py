@@ -68,6 +68,10 @@ of its kind and far below a filesystem.
 """
 
 
+def _amount(nbytes: int) -> str:
+    return f"{nbytes // _MB} MB" if nbytes % _MB == 0 else f"{nbytes} bytes"
+
+
 def size_cap(relpath: PurePosixPath) -> tuple[str, int]:
     """(kind, largest accepted size in bytes) of an archive file, from its path in the ObsID tree."""
     if {"pca", "hexte"} & set(relpath.parts[:-1]):
@@ -370,10 +374,10 @@ class Downloader:
             kind, cap = size_cap(rel)
             if total is not None and total > cap:
                 self._remove(part)
-                raise DataError(f"not downloaded: {url} is {total} bytes, above the {cap // _MB} MB cap "
+                raise DataError(f"not downloaded: {url} is {total} bytes, above the {_amount(cap)} cap "
                                 f"for {kind} files", url=url)
             limit = total if total is not None else cap
-            done = self._receive(body, url, dest, str(rel), offset, limit, total, f"the {cap // _MB} MB cap for {kind} files")
+            done = self._receive(body, url, dest, str(rel), offset, limit, total, f"the {_amount(cap)} cap for {kind} files")
         if total is not None and done != total:
             raise Transient(f"short body: got {done} of {total} bytes")
         try:

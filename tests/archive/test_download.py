@@ -299,3 +299,36 @@ def test_validate_base_url_normalises_the_trailing_slash() -> None:
     url = "https://heasarc.gsfc.nasa.gov/FTP/xte/data/archive"
     assert validate_base_url(url) == url + "/"
     assert validate_base_url(url + "/") == url + "/"
+
+
+def test_a_body_without_end_stops_at_the_cap_and_leaves_nothing(archive: Path, tmp_path: Path, monkeypatch) -> None:
+    """No Content-Length and bytes that never stop: one DataError line, the partial file removed, no retry."""
+    monkeypatch.setitem(download.SIZE_CAPS, "science data (pca/, hexte/)", 1024 * 1024)
+    cache = tmp_path / "cache"
+    with serve_tree(archive, Faults(endless=frozenset({URLPATH}))) as server:
+        with pytest.raises(DataError) as caught:
+            Downloader(server.url, cache, FAST).fetch(FILE)
+        assert server.requests[URLPATH] == 1
+    message = str(caught.value)
+    assert "\n" not in message and "stopped" in message and "1 MB cap for science data" in message
+    assert "partial file removed" in message
+    assert not (cache / FILE).exists() and _cache_leftovers(cache) == []
+
+
+def test_a_file_announced_above_its_cap_is_not_downloaded(archive: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(download.SIZE_CAPS, "science data (pca/, hexte/)", 100_000)
+    with serve_tree(archive) as server:
+        with pytest.raises(DataError, match=r"is 700000 bytes, above the 100000 bytes cap for science data"):
+            Downloader(server.url, tmp_path / "cache", FAST).fetch(FILE)
+        # a file of another kind is under its own cap
+        assert Downloader(server.url, tmp_path / "cache", FAST).fetch(f"{OBS}/FMI").read_bytes() == b"FMI-bytes"
+    assert _cache_leftovers(tmp_path / "cache") == []
+
+
+def test_size_caps_follow_the_kind_of_file() -> None:
+    from pathlib import PurePosixPath
+
+    assert download.size_cap(PurePosixPath(FILE))[0] == "science data (pca/, hexte/)"
+    assert download.size_cap(PurePosixPath(f"{OBS}/hexte/FS52_x.gz"))[0] == "science data (pca/, hexte/)"
+    assert download.size_cap(PurePosixPath(f"{OBS}/stdprod/xp90171010100_n2a.lc.gz"))[0] == "other"
+    assert download.size_cap(PurePosixPath(f"{OBS}/FMI")) == ("other", download.SIZE_CAPS["other"])
