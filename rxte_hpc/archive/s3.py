@@ -23,8 +23,8 @@ from pathlib import PurePosixPath
 from typing import Any, Iterator
 
 from rxte_hpc.archive.listing import is_safe_name, validate_base_url
-from rxte_hpc.archive.transport import Body, Restart, Transient, Transport, missing_extra, network_failure, \
-    parse_content_range
+from rxte_hpc.archive.transport import READ_SIZE, Body, Restart, Transient, Transport, missing_extra, \
+    network_failure, parse_content_range, read_up_to
 from rxte_hpc.core.config import S3Config
 from rxte_hpc.core.errors import DataError, NoDataError, UsageError
 from rxte_hpc.core.safepath import safe_relpath
@@ -62,16 +62,16 @@ def split_s3_root(root: str) -> tuple[str, str]:
 
 class _S3Body(Body):
     def __init__(self, transport: "S3Transport", url: str, stream: Any, start: int, length: int | None,
-                 total: int | None) -> None:
-        super().__init__(url, start, length, total)
+                 total: int | None, first: bytes, ended: bool, lost: Exception | None) -> None:
+        super().__init__(url, start, length, total, first, ended, lost)
         self._transport = transport
         self._stream = stream
 
-    def read(self, size: int) -> bytes:
-        chunk: bytes = self._transport.on_loop(self.url, self._stream.read, size)
-        return chunk
+    def _more(self, size: int) -> tuple[bytes, Exception | None]:
+        chunk, lost = self._transport.on_loop(self.url, read_up_to, self._stream.read, size)
+        return chunk, None if lost is None else network_failure(lost, self.url)
 
-    def close(self) -> None:
+    def _release(self, ended: bool) -> None:
         self._transport.on_loop(self.url, _close, self._stream)
 
 
@@ -153,12 +153,30 @@ class S3Transport(Transport):
                     else "; these credentials may not read it (HEASARC's bucket needs none: archive.s3.anon: true)")
         return DataError(f"cannot download {url}: {what}{hint}", url=url)
 
+    async def _get_object(self, key: str, offset: int) -> tuple[dict[str, Any], bytes, bool, Exception | None]:
+        """GetObject from `offset`: the answer, its first READ_SIZE bytes, whether that was all (closed), what cut it."""
+        ranged = {"Range": f"bytes={offset}-"} if offset else {}
+        answer: dict[str, Any] = await self._fs._call_s3("get_object", Bucket=self.bucket, Key=key, **ranged)
+        stream = answer["Body"]
+        try:
+            first, lost = await read_up_to(stream.read, READ_SIZE)
+        except BaseException:
+            stream.close()
+            raise
+        ended = lost is None and len(first) < READ_SIZE
+        if ended or lost is not None:
+            stream.close()
+        return answer, first, ended, lost
+
     def open(self, relpath: PurePosixPath, offset: int) -> Body:
         url = self.url_for(relpath)
-        ranged = {"Range": f"bytes={offset}-"} if offset else {}
-        answer = self._call(url, "get_object", Bucket=self.bucket, Key=self.prefix + str(relpath), **ranged)
+        try:
+            answer, first, ended, lost = self._sync(self._fs.loop, self._get_object, self.prefix + str(relpath), offset)
+        except self._network_errors as exc:
+            raise self._translate(exc, url) from exc
         length = answer.get("ContentLength")
-        body = _S3Body(self, url, answer["Body"], 0, length, length)
+        body = _S3Body(self, url, answer["Body"], 0, length, length, first, ended,
+                       None if lost is None else network_failure(lost, url))
         if answer.get("ContentRange"):
             try:
                 body.start, body.total = parse_content_range(answer["ContentRange"])
