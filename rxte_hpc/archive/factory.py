@@ -6,7 +6,8 @@ from pathlib import Path
 from rxte_hpc.archive.base import Archive
 from rxte_hpc.archive.local import LocalArchive, ensure_simulated
 from rxte_hpc.archive.remote import RemoteArchive
-from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config, is_remote_root
+from rxte_hpc.core.archiveconfig import is_remote_root
+from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.paths import RunPaths
 

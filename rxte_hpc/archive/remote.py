@@ -29,7 +29,7 @@ from rxte_hpc.archive.download import Downloader, DownloadPolicy, ProgressCallba
 from rxte_hpc.archive.listing import COMPLETE_MARKER
 from rxte_hpc.archive.s3 import S3Transport
 from rxte_hpc.archive.transport import HttpTransport, Transport
-from rxte_hpc.core.config import S3Config
+from rxte_hpc.core.archiveconfig import S3Config
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.manifest import ManifestRow

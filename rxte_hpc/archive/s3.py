@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from rxte_hpc.archive.listing import is_safe_name, validate_base_url
 from rxte_hpc.archive.transport import READ_SIZE, Body, Restart, Transient, Transport, missing_extra, \
     network_failure, parse_content_range, read_up_to
-from rxte_hpc.core.config import S3Config
+from rxte_hpc.core.archiveconfig import S3Config
 from rxte_hpc.core.errors import DataError, NoDataError, UsageError
 from rxte_hpc.core.safepath import safe_relpath
 

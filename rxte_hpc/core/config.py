@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from rxte_hpc.core.archiveconfig import S3Config, check_archive, is_remote_root
 from rxte_hpc.core.errors import ConfigError
 
 #: Values that end up in file names, FITS EXTNAMEs and shell scripts.
@@ -62,24 +63,6 @@ class SimulateConfig:
     n_obs: int = _f(200, "number of simulated ObsIDs (archive.root: simulated)", lo=1, hi=100000)
     seed: int = _f(1, "random seed of the simulated archive", lo=0)
     with_broken: bool = _f(False, "add deliberately broken ObsIDs")
-
-
-#: How an `archive.root` names a remote archive (anything else is a directory or 'simulated').
-REMOTE_SCHEMES = ("s3://", "https://", "http://")
-#: AWS region names as AWS spells them (us-east-1, ap-southeast-2, us-gov-west-1).
-_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
-
-
-def is_remote_root(root: str) -> bool:
-    """Whether an `archive.root` value names an S3 or HTTP(S) archive rather than a directory."""
-    return root.startswith(REMOTE_SCHEMES)
-
-
-@dataclass(frozen=True)
-class S3Config:
-    endpoint_url: str | None = _f(None, "S3 endpoint of a bucket outside AWS, http(s)://host[:port] (default: AWS)")
-    anon: bool = _f(True, "read without credentials (HEASARC's bucket is public); false: the usual AWS credentials")
-    region: str = _f("us-east-1", "AWS region of the bucket (HEASARC's nasa-heasarc: us-east-1)")
 
 
 @dataclass(frozen=True)
@@ -513,20 +496,4 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"{path}: {key}: energy band [{lo:g}, {hi:g}] keV needs 0 <= low < high")
     if cfg.source.kind == "table" and cfg.source.path is None:
         raise ConfigError(f"{path}: source.path is required for source.kind: table")
-    _archive_checks(cfg)
-
-
-def _archive_checks(cfg: Config) -> None:
-    """A remote root cannot be scanned, and archive.s3 belongs to an s3:// root."""
-    path, archive = cfg.path, cfg.archive
-    root = archive.root
-    if cfg.source.kind == "archive" and is_remote_root(root):
-        raise ConfigError(f"{path}: source.kind: archive scans a mounted directory, but archive.root is "
-                          f"{root[:80]!r}: plan from TAP (source.kind: tap) or a table (source.kind: table)")
-    s3 = archive.s3
-    if s3 != S3Config() and not root.startswith("s3://"):
-        raise ConfigError(f"{path}: archive.s3 applies to an s3:// archive.root only, not {root[:80]!r}")
-    if s3.endpoint_url is not None and not s3.endpoint_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{path}: archive.s3.endpoint_url must be http(s)://host[:port], not {s3.endpoint_url[:80]!r}")
-    if not _REGION_RE.fullmatch(s3.region):
-        raise ConfigError(f"{path}: archive.s3.region must be an AWS region such as us-east-1, not {s3.region[:40]!r}")
+    check_archive(path, cfg.source.kind, cfg.archive.root, cfg.archive.s3)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from rxte_hpc.archive.remote import RemoteArchive
-from rxte_hpc.core.config import Config, is_remote_root
+from rxte_hpc.core.archiveconfig import is_remote_root
+from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError
 from rxte_hpc.core.manifest import Manifest, ManifestRow
 from rxte_hpc.core.paths import RunPaths

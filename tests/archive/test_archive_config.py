@@ -16,7 +16,8 @@ import pytest
 from rxte_hpc.archive.remote import other_layout
 from rxte_hpc.archive.s3 import split_s3_root
 from rxte_hpc.cli import main
-from rxte_hpc.core.config import S3Config, load_config
+from rxte_hpc.core.archiveconfig import S3Config
+from rxte_hpc.core.config import load_config
 from rxte_hpc.core.errors import ConfigError, UsageError
 from where import REPO
 

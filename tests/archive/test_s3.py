@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from astropy.io import fits
 
 from archivekit import assert_same_lcs, cache_files, cache_leftovers, closed_port, good_obsids, records_of, row_of, \
-    work_in_process, write_config
+    work_in_process, write_config, write_table
 from httpserver import Faults, pseudo_random_bytes, serve_tree
 from s3server import HEASARC_BUCKET as BUCKET, HEASARC_PREFIX as PREFIX, MotoServer, fill_bucket, serve_proxy, \
     tree_files
@@ -27,12 +28,13 @@ from rxte_hpc.archive import download, remote
 from rxte_hpc.archive.download import DownloadPolicy
 from rxte_hpc.archive.remote import RemoteArchive
 from rxte_hpc.cli import main
-from rxte_hpc.core.config import S3Config, load_config
+from rxte_hpc.core.archiveconfig import S3Config
+from rxte_hpc.core.config import load_config
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import read_record
 from rxte_hpc.sim.simulate import SimArchive
-from where import STANDIN
+from where import REPO, STANDIN
 
 ROOT = f"s3://{BUCKET}/{PREFIX}"
 FAST = DownloadPolicy(timeout_s=5, retries=4, backoff_s=0.01, backoff_max_s=0.05)
@@ -359,3 +361,24 @@ def test_offline_a_task_gives_up_without_retrying_dns_failures(s3sim, tmp_path, 
     not_tried = [r for r in records.values() if r is not None and r.error.startswith("not tried")]
     assert len(records) == 9 and len(tried) == 6 and len(not_tried) == 3
     assert not [r for r in caplog.records if "retry" in r.getMessage()]
+
+
+def test_the_shipped_s3_config_runs_against_the_bucket(s3sim, moto, tmp_path):
+    """configs/etacar-s3.yaml as shipped, with only what this machine needs changed: the ObsIDs come from the
+    simulation's table, the endpoint is the local S3 server, the paths are in tmp_path. Its root, bucket and
+    layout (s3://nasa-heasarc/xte/data/archive/AO<c>/P<prnb>/<obsid>) are kept, and so is anonymous access.
+    """
+    shipped = yaml.safe_load((REPO / "configs" / "etacar-s3.yaml").read_text())
+    assert shipped["archive"]["root"] == ROOT and shipped["archive"]["s3"]["anon"] is True
+    only = good_obsids(s3sim)[:2]
+    table = tmp_path / "xtemaster.ecsv"
+    write_table(s3sim, table, only)
+    shipped.update(run_dir=str(tmp_path / "run"), source={"kind": "table", "path": str(table)},
+                   scratch={"root": str(tmp_path), "min_free_mb": 0})
+    shipped["archive"].update(cache=str(tmp_path / "cache"))
+    shipped["archive"]["s3"]["endpoint_url"] = moto.url
+    shipped["extract"]["backend"] = "stdprod"
+    cfg = tmp_path / "etacar-s3.yaml"
+    cfg.write_text(yaml.safe_dump(shipped))
+    assert main(["run", str(cfg)]) == 0
+    assert records_of(cfg) == dict.fromkeys(only, "done")
