@@ -9,7 +9,7 @@ in the tree. The new one is `download.Downloader` over `transport.HttpTransport`
 full path (lock, temporary file, fsync, rename).
 
 Measured on two servers (HTTP/1.0 with a connection per request, and HTTP/1.1
-keep-alive as the archive's Apache answers), alternating old and new, best of `--repeat`:
+keep-alive as Apache and S3 answer), alternating old and new, best of `--repeat`:
 * small files, one thread (a stdprod run: one light curve per ObsID): files per second;
 * small files, four threads (what `rxte-hpc fetch` uses): files per second;
 * large files, one thread: MB per second;
@@ -143,7 +143,7 @@ def main() -> None:
               f"load average {load} on {os.cpu_count()} cores")
         print(f"old = urllib downloader at {OLD_COMMIT[:10]}, new = fsspec HTTP transport; the same loopback server")
         for keep_alive, server in ((False, "HTTP/1.0, a connection per request"),
-                                   (True, "HTTP/1.1 keep-alive (as the archive's Apache)")):
+                                   (True, "HTTP/1.1 keep-alive (as Apache and S3 answer)")):
             best, resent = measure(clients, root, work, files, keep_alive, args)
             print(f"\nserver: {server}")
             print(f"{'':52s}" + "".join(f"{n:>16s}" for n in names) + f"{'new/old':>10s}")

@@ -272,7 +272,8 @@ class HttpTransport(Transport):
         self._proxy = _proxy_for(self.location)
         self._fs = fsspec.filesystem(
             "http", skip_instance_cache=True,
-            client_kwargs={"timeout": timeout, "auto_decompress": False,
+            # read_bufsize: aiohttp's 64 KiB default costs a quarter of the throughput of a large file
+            client_kwargs={"timeout": timeout, "auto_decompress": False, "read_bufsize": 1024 * 1024,
                            "headers": {"User-Agent": user_agent, "Accept-Encoding": "identity"}},
         )
 
