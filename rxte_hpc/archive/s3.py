@@ -17,7 +17,6 @@ single-call listing silently loses the rest) and bounded in size.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from pathlib import PurePosixPath
 from typing import Any, Iterator
@@ -28,8 +27,6 @@ from rxte_hpc.archive.transport import READ_SIZE, Body, Restart, Transient, Tran
 from rxte_hpc.core.archiveconfig import S3Config
 from rxte_hpc.core.errors import DataError, NoDataError, UsageError
 from rxte_hpc.core.safepath import safe_relpath
-
-log = logging.getLogger(__name__)
 
 MAX_LISTING_KEYS = 100_000
 """Keys one listing may return; an ObsID directory has about 250 (a larger answer is not an ObsID)."""

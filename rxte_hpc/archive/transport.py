@@ -25,7 +25,6 @@ import time: a run on a mounted archive does not load them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import socket
 import urllib.parse
@@ -33,15 +32,11 @@ import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import PurePosixPath
 from types import TracebackType
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable
 
 from rxte_hpc.archive.listing import MAX_LISTING_BYTES, parse_index, validate_base_url
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 from rxte_hpc.core.safepath import safe_relpath
-
-log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 READ_SIZE = 4 * 1024 * 1024
 """Bytes asked of a body per read: one trip to fsspec's I/O loop per 4 MiB (fewer trips, faster large files)."""

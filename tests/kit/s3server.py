@@ -154,7 +154,10 @@ class ProxyServer(http.server.ThreadingHTTPServer):
             return [r for r in self.log if r.method == "GET" and r.path == path]
 
     def lists(self, bucket: str) -> list[str]:
-        """The query strings of the bucket listings (ListObjectsV2 calls) seen, in order."""
+        """The query strings of the bucket listings (ListObjectsV2 calls) seen, in order.
+
+        A listing is logged with method "LIST" and its query string where a GET keeps its Range header.
+        """
         with self._lock:
             return [r.range or "" for r in self.log if r.method == "LIST" and r.path == f"/{bucket}"]
 
