@@ -110,9 +110,9 @@ class Campaign:
 
     def describe_plan(self, manifest: Manifest) -> str:
         """What a plan would do: query, ObsID and task counts, a time estimate."""
-        from rxte_hpc.plan import planner
+        from rxte_hpc.plan.describe import describe_plan
 
-        return planner.describe_plan(self.config, manifest)
+        return describe_plan(self.config, manifest)
 
     def manifest(self) -> Manifest:
         """The written manifest (UsageError when the campaign has not been planned).

@@ -30,6 +30,10 @@ from rxte_hpc.core.obsid import ObsID
 N_SHARDS = 256
 #: What the layout promises per folder (DESIGN.md), checked by tests/core/test_paths.py.
 MAX_FOLDER_ENTRIES = 1000
+#: Every name the tool uses directly under a run directory (hidden `.`-files aside, which are all its own):
+#: a gather output or plot may take none of them (core/config.py checks `gather:` against this list).
+RESERVED_NAMES = ("manifest.ecsv", "products.ecsv", "exposure.png", "lc", "status", "logs", "slurm", "targets",
+                  "prepared", "cache", "archive", "verify")
 
 
 def shard_of(name: str) -> str:

@@ -30,9 +30,6 @@ from rxte_hpc.plan.tap import query_observations
 
 log = logging.getLogger(__name__)
 
-#: Seconds one ObsID takes through pcaprepobsid + maketime + pcaextlc2: the middle of the seed's 10-20 s,
-#: a figure from the seed notebook, not measured here (HEASoft cannot be installed on these machines).
-HEASOFT_S_PER_OBSID = 15.0
 #: Column names accepted in table files (lower-cased) -> manifest field.
 _ALIASES = {"time": "time_mjd", "exposure": "exposure_s", "target": "target_name", "name": "target_name"}
 _FIELDS = ("obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec")
@@ -385,6 +382,8 @@ def plan(config: Config, *, dry_run: bool = False) -> Manifest:
         "tool_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": config.hash(),
+        "config_file": str(config.path.resolve()),
+        "science": science_text(config),
         "source": {**source_meta, "dropped": dropped},
     }
     if unobserved.get("unobserved"):
@@ -399,65 +398,6 @@ def plan(config: Config, *, dry_run: bool = False) -> Manifest:
             if not n:
                 log.warning("plan: target %r has no ObsIDs", name)
     return build_manifest(kept, config.tasks.obs_per_task, meta)
-
-
-def _makespan(durations: Sequence[float], workers: int) -> float:
-    """Wall time of running the tasks on `workers` slots, longest first (what a scheduler roughly does)."""
-    loads = [0.0] * max(1, workers)
-    for d in sorted(durations, reverse=True):
-        i = loads.index(min(loads))
-        loads[i] += d
-    return max(loads, default=0.0)
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
-
-def describe_plan(config: Config, manifest: Manifest, workers: int | None = None) -> str:
-    """What `plan --dry-run` prints: the source, counts, exposure, and serial vs parallel HEASoft time."""
-    src = manifest.meta.get("source", {})
-    lines = []
-    if src.get("kind") == "tap":
-        lines += [f"source: TAP {src.get('service')} (maxrec {src.get('maxrec')}, {src.get('n_rows')} rows, "
-                  f"status {src.get('query_status')})", f"ADQL: {src.get('adql')}"]
-    elif src.get("kind") == "table":
-        lines.append(f"source: table {src.get('path')} (sha256 {str(src.get('sha256'))[:16]}, {src.get('n_rows')} rows)")
-    else:
-        lines.append(f"source: archive scan of {src.get('root')} ({src.get('n_rows')} ObsID directories)"
-                     if not src.get("note") else f"source: {src.get('root')}: {src.get('note')} ({src.get('n_rows')} ObsIDs)")
-    dropped = {k: v for k, v in dict(src.get("dropped", {})).items() if v}
-    if dropped:
-        lines.append("dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
-    for t in manifest.meta.get("targets") or ():
-        lines.append(f"target {t.get('name')}: {t.get('n_obsids')} ObsIDs within {t.get('radius_deg')} deg "
-                     f"of RA {t.get('ra')} Dec {t.get('dec')}")
-    n_obs, n_tasks = len(manifest.rows), manifest.n_tasks
-    exposures = np.array([r.exposure_s for r in manifest.rows], dtype=float)
-    known = np.isfinite(exposures)
-    per_task = np.bincount([r.task for r in manifest.rows], minlength=n_tasks)
-    lines.append(f"ObsIDs: {n_obs} in {n_tasks} tasks (obs_per_task {manifest.meta.get('obs_per_task')}; "
-                 f"{per_task.min()}-{per_task.max()} per task, balanced by exposure)")
-    total = f"total exposure: {exposures[known].sum() / 1e3:.1f} ks"
-    lines.append(total + (f" ({int((~known).sum())} ObsIDs unknown)" if not known.all() else ""))
-    times = np.array([r.time_mjd for r in manifest.rows], dtype=float)
-    if np.isfinite(times).any():
-        lines.append(f"time span: MJD {np.nanmin(times):.2f} to {np.nanmax(times):.2f}")
-    loads = manifest.task_exposures()
-    if n_tasks > 1 and min(loads) > 0:
-        lines.append(f"task exposure: heaviest/lightest {max(loads) / min(loads):.3f}")
-    if config.extract.backend != "heasoft":
-        lines.append(f"time estimate: none for the {config.extract.backend} backend (the seed's 10-20 s per ObsID "
-                     "is the HEASoft chain's; run benchmarks/ for measured figures)")
-        return "\n".join(lines)
-    width = workers or n_tasks
-    counts = per_task * HEASOFT_S_PER_OBSID
-    serial = n_obs * HEASOFT_S_PER_OBSID
-    parallel = _makespan(list(counts), width)
-    lines.append(f"serial HEASoft estimate: {n_obs} x {HEASOFT_S_PER_OBSID:g} s = {_hours(serial)} "
-                 "(the seed's figure, not measured)")
-    lines.append(f"parallel estimate at width {width}: {_hours(parallel)} (x{serial / parallel:.1f})")
-    return "\n".join(lines)
 
 
 def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -> Path:
@@ -480,11 +420,46 @@ def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -
     return paths.manifest
 
 
+def science_text(config: Config) -> str:
+    """What decides the light curves, in a few words (a refusal names it for both configs)."""
+    ex = config.extract
+    return f"backend {ex.backend}, " + "; ".join(
+        (f"{b.name} " if ex.bands else "") + b.describe() for b in ex.band_list())
+
+
+def check_run_dir(config: Config, manifest: Manifest) -> None:
+    """A run directory belongs to one plan: a config whose science differs from the plan's is refused.
+
+    Its records and light curves would otherwise be mixed with the other
+    config's in one directory (each `done` only for its own config hash, both
+    writing one `lc/` and one merged product). Checked before anything is
+    written by every command that uses the plan. Manifests written before the
+    plan recorded its config hash are not checked.
+    """
+    planned = manifest.meta.get("config_hash")
+    if not planned or planned == config.hash():
+        return
+    paths = RunPaths(config.run_dir)
+    by = manifest.meta.get("config_file") or "a config not recorded in the manifest"
+    theirs = manifest.meta.get("science") or "science not recorded"
+    raise UsageError(
+        f"{config.path}: run_dir {paths.root} holds the plan of another configuration: {paths.manifest} was planned "
+        f"by {by} (config hash {planned}: {theirs}); this config has hash {config.hash()} ({science_text(config)}). "
+        f"Use another run_dir for this config, or replan this one deliberately with "
+        f"`rxte-hpc plan {config.path} --force` (every ObsID is then redone for this config, replacing the old "
+        "light curves; the old records stop counting as done)",
+        path=config.path,
+    )
+
+
 def ensure_manifest(config: Config) -> Manifest:
-    """The run's manifest, planning and writing it first when there is none (what `run` and `submit` need)."""
+    """The run's manifest, planning and writing it first when there is none (what `run` and `submit` need);
+    a manifest planned by a config of other science is refused (`check_run_dir`)."""
     paths = RunPaths(config.run_dir)
     if paths.manifest.is_file():
-        return read_manifest(paths.manifest)
+        manifest = read_manifest(paths.manifest)
+        check_run_dir(config, manifest)
+        return manifest
     manifest = plan(config)
     write_manifest(config, manifest)
     log.info("planned %d ObsIDs in %d tasks: %s", len(manifest.rows), manifest.n_tasks, paths.manifest)

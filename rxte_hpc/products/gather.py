@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from rxte_hpc.core.config import BandConfig, Config
+from rxte_hpc.core.config import BandConfig, Config, band_file_name, hardness_file_name
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.core.manifest import Manifest, read_manifest
 from rxte_hpc.core.paths import RunPaths
@@ -208,7 +208,7 @@ def _write_target(
     outputs: list[Path] = []
     entries: list[ProductEntry] = []
     for band in bands:
-        out = where(_band_file(config.gather.output, band.name, len(bands)))
+        out = where(band_file_name(config.gather.output, band.name, len(bands)))
         m = merged[band.name]
         write_merged(out, m, band, provenance, outcomes, config)
         outputs.append(out)
@@ -216,7 +216,7 @@ def _write_target(
     ratios = []
     for hard, soft in config.gather.hardness or ():
         hc = hardness_ratio(merged[hard].curve, merged[soft].curve, hard, soft)
-        out = where(f"hardness_{hard}_{soft}.fits")
+        out = where(hardness_file_name(hard, soft))
         common = {k: v for k, v in merged[hard].curve.keywords.items() if k in ("TELESCOP", "INSTRUME", "OBJECT")}
         write_hardness(out, hc, {**provenance, **common,
                                  "HARDBAND": (band_text(merged[hard].curve.keywords, bands, hard), "numerator band"),
@@ -287,13 +287,6 @@ def _band_curves(curves: list[LightCurve], bands: Sequence[BandConfig], where: s
     if missing:
         raise DataError(f"{where}: no extension for band {missing[0]!r} (has {', '.join(by_name)})")
     return [by_name[b.name.upper()] for b in bands]
-
-
-def _band_file(output: str, band: str, n_bands: int) -> str:
-    if n_bands == 1:
-        return output
-    stem, dot, suffix = output.rpartition(".")
-    return f"{stem}_{band}.{suffix}" if dot and stem else f"{output}_{band}"
 
 
 def _state_text(outcomes: Sequence[ObsOutcome]) -> str:

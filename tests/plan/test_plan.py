@@ -21,7 +21,8 @@ from rxte_hpc.core.errors import DataError, SiteError, UsageError
 from rxte_hpc.fits.lcfile import RXTE_TIMEREF
 from rxte_hpc.core.manifest import read_manifest
 from rxte_hpc.core.paths import RunPaths
-from rxte_hpc.plan.planner import describe_plan, plan, scan_archive, write_manifest
+from rxte_hpc.plan.describe import describe_plan
+from rxte_hpc.plan.planner import plan, scan_archive, write_manifest
 from rxte_hpc.products.plot import plot_exposure
 from rxte_hpc.plan.tap import adql_number, build_adql
 
