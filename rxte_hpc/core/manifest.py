@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from rxte_hpc.core import manifestcache
+from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import DataError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.obsid import MAX_CYCLE, ObsID, check_cycle
@@ -342,3 +343,35 @@ def build_manifest(observations: Iterable[Observation], obs_per_task: int, meta:
     )
     full_meta = {**meta, "n_tasks": n_tasks, "obs_per_task": obs_per_task, "n_obsids": len(rows)}
     return Manifest(rows, full_meta)
+
+
+def science_text(config: Config) -> str:
+    """What decides the light curves, in a few words (a refusal names it for both configs)."""
+    ex = config.extract
+    return f"backend {ex.backend}, " + "; ".join(
+        (f"{b.name} " if ex.bands else "") + b.describe() for b in ex.band_list())
+
+
+def check_run_dir(config: Config, manifest: Manifest) -> None:
+    """A run directory belongs to one plan: a config whose science differs from the plan's is refused.
+
+    Its records and light curves would otherwise be mixed with the other
+    config's in one directory (each `done` only for its own config hash, both
+    writing one `lc/` and one merged product). Checked before anything is
+    written by every command that uses the plan. Manifests written before the
+    plan recorded its config hash are not checked.
+    """
+    planned = manifest.meta.get("config_hash")
+    if not planned or planned == config.hash():
+        return
+    paths = RunPaths(config.run_dir)
+    by = manifest.meta.get("config_file") or "a config not recorded in the manifest"
+    theirs = manifest.meta.get("science") or "science not recorded"
+    raise UsageError(
+        f"{config.path}: run_dir {paths.root} holds the plan of another configuration: {paths.manifest} was planned "
+        f"by {by} (config hash {planned}: {theirs}); this config has hash {config.hash()} ({science_text(config)}). "
+        f"Use another run_dir for this config, or replan this one deliberately with "
+        f"`rxte-hpc plan {config.path} --force` (every ObsID is then redone for this config, replacing the old "
+        "light curves; the old records stop counting as done)",
+        path=config.path,
+    )

@@ -5,9 +5,12 @@ A new extractor is one new module here plus one line in `_BACKENDS`.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Callable, NoReturn
 
-from rxte_hpc.archive.factory import open_archive
+from rxte_hpc.archive.base import Archive
 from rxte_hpc.core.config import Config
+from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.extract.base import ExtractContext, Extractor
@@ -31,15 +34,29 @@ def make_extractor(context: ExtractContext) -> Extractor:
     return extractor
 
 
-def check_backend(config: Config) -> Extractor:
-    """The configured extractor, checked: UsageError (exit 2) before any task when it cannot run here.
+class _Unopened(Archive):
+    """The archive of the backend check: it opens nothing, and any use of it is a bug (the check must have no
+    side effects: opening the configured archive simulates a whole demo archive, or touches the network)."""
 
-    The one backend check every entry point (run, work, submit, MPI rank 0) calls.
-    """
-    paths = RunPaths(config.run_dir)
-    extractor = make_extractor(ExtractContext(config, paths, open_archive(config, paths)))
-    extractor.check_available()
-    return extractor
+    location = "(not opened: backend check)"
+
+    def _refuse(self) -> NoReturn:
+        raise RuntimeError("Extractor.check_available must not read the archive")
+
+    def file(self, row: ManifestRow, relpath: str) -> Path:
+        self._refuse()
+
+    def listdir(self, row: ManifestRow, subdir: str) -> list[str]:
+        self._refuse()
+
+    def obsid_dir(self, row: ManifestRow) -> Path:
+        self._refuse()
+
+
+def check_backend(config: Config, factory: Callable[[ExtractContext], Extractor] = make_extractor) -> None:
+    """UsageError (exit 2) when the configured extractor cannot run here: HEASoft, runner, PCU/layer lists,
+    the filter expression. Opens no archive and writes nothing (run.preflight calls it once per command)."""
+    factory(ExtractContext(config, RunPaths(config.run_dir), _Unopened())).check_available()
 
 
 __all__ = ["ExtractContext", "Extractor", "check_backend", "make_extractor"]

@@ -23,7 +23,7 @@ from rxte_hpc.core.version import __version__
 from rxte_hpc.archive.local import ensure_simulated, simulated_ready
 from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config, target_key
 from rxte_hpc.core.errors import DataError, RxteError, UsageError
-from rxte_hpc.core.manifest import Manifest, Observation, build_manifest, read_manifest
+from rxte_hpc.core.manifest import Manifest, Observation, build_manifest, check_run_dir, read_manifest, science_text
 from rxte_hpc.core.obsid import InvalidObsID, ObsID, check_cycle, is_pointing
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.plan.tap import query_observations
@@ -418,38 +418,6 @@ def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -
     manifest.write(paths.manifest)
     log.info("wrote %s: %d ObsIDs in %d tasks", paths.manifest, len(manifest.rows), manifest.n_tasks)
     return paths.manifest
-
-
-def science_text(config: Config) -> str:
-    """What decides the light curves, in a few words (a refusal names it for both configs)."""
-    ex = config.extract
-    return f"backend {ex.backend}, " + "; ".join(
-        (f"{b.name} " if ex.bands else "") + b.describe() for b in ex.band_list())
-
-
-def check_run_dir(config: Config, manifest: Manifest) -> None:
-    """A run directory belongs to one plan: a config whose science differs from the plan's is refused.
-
-    Its records and light curves would otherwise be mixed with the other
-    config's in one directory (each `done` only for its own config hash, both
-    writing one `lc/` and one merged product). Checked before anything is
-    written by every command that uses the plan. Manifests written before the
-    plan recorded its config hash are not checked.
-    """
-    planned = manifest.meta.get("config_hash")
-    if not planned or planned == config.hash():
-        return
-    paths = RunPaths(config.run_dir)
-    by = manifest.meta.get("config_file") or "a config not recorded in the manifest"
-    theirs = manifest.meta.get("science") or "science not recorded"
-    raise UsageError(
-        f"{config.path}: run_dir {paths.root} holds the plan of another configuration: {paths.manifest} was planned "
-        f"by {by} (config hash {planned}: {theirs}); this config has hash {config.hash()} ({science_text(config)}). "
-        f"Use another run_dir for this config, or replan this one deliberately with "
-        f"`rxte-hpc plan {config.path} --force` (every ObsID is then redone for this config, replacing the old "
-        "light curves; the old records stop counting as done)",
-        path=config.path,
-    )
 
 
 def ensure_manifest(config: Config) -> Manifest:

@@ -58,6 +58,7 @@ class TargetGather:
     plot: Path | None
     entries: tuple[ProductEntry, ...]
     counts: dict[str, int]
+    left_out: tuple[ObsOutcome, ...]  # its ObsIDs not merged
     n_rows: int  # summed over band files
     n_nan: int
     overlaps: int
@@ -80,6 +81,7 @@ class GatherResult:
     targets: tuple[TargetGather, ...] = ()
     entries: tuple[ProductEntry, ...] = field(default=())  # what products.ecsv lists (paths relative to run_dir)
     plots: tuple[Path, ...] = ()  # every target's plot
+    left_out: tuple[ObsOutcome, ...] = ()  # every ObsID not merged (failed, missing, no_data), all targets
 
 
 def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifest | None = None) -> GatherResult:
@@ -116,7 +118,7 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
                         + "; ".join(f"{t}: {_state_text(o)}" for t, o in empty) + ")")
     for target, outcomes in empty:
         counts = _counts(outcomes)
-        done.append(TargetGather(target, (), None, (), counts, 0, 0, 0, _target_line(
+        done.append(TargetGather(target, (), None, (), counts, tuple(outcomes), 0, 0, 0, _target_line(
             target, f"nothing to merge ({_state_text(outcomes)})", outcomes, counts)))
     order = list(groups)
     done.sort(key=lambda t: order.index(t.target))
@@ -160,6 +162,7 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
         targets=tuple(done),
         entries=entries,
         plots=plots,
+        left_out=tuple(o for t in done for o in t.left_out),
     )
 
 
@@ -241,6 +244,7 @@ def _write_target(
         plot=plot,
         entries=tuple(entries),
         counts=counts,
+        left_out=tuple(o for o in outcomes if o.state != "used"),
         n_rows=sum(m.n_rows for m in merged.values()),
         n_nan=sum(m.n_nan for m in merged.values()),
         overlaps=sum(m.n_overlap_rows for m in merged.values()),

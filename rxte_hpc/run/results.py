@@ -90,6 +90,7 @@ class RunStatus(Outcome):
 
     summary: RunSummary
     report: StatusReport
+    drift: str | None = None  # how the config differs from the last submission's copy (None: it does not)
 
     def counts(self) -> Counter:
         return self.summary.counts()
@@ -122,6 +123,8 @@ class RunStatus(Outcome):
         out += ["  " + group_line(g) for g in r.groups[:SHOWN_GROUPS]]
         if len(r.groups) > SHOWN_GROUPS:
             out.append(f"  ... {len(r.groups) - SHOWN_GROUPS} more group(s): `.groups` or `rxte-hpc status` lists them")
+        if self.drift:
+            out.append(f"  note: {self.drift}")
         return out
 
     def failure(self) -> str:

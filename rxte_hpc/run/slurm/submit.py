@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import RxteError, UsageError
-from rxte_hpc.core.manifest import Manifest, read_manifest
+from rxte_hpc.core.manifest import Manifest, check_run_dir, read_manifest
 from rxte_hpc.core.paths import MAX_FOLDER_ENTRIES, RunPaths
 from rxte_hpc.run.slurm.render import (
     OFFSET_VAR,
@@ -309,8 +309,6 @@ def _manifest_for_submit(config: Config, dry_run: bool) -> Manifest:
     """The manifest; planned and written when absent (a dry run plans in memory and writes nothing)."""
     paths = RunPaths(config.run_dir)
     if paths.manifest.is_file():
-        from rxte_hpc.plan.planner import check_run_dir
-
         manifest = read_manifest(paths.manifest, write_cache=not dry_run)
         check_run_dir(config, manifest)
         return manifest
@@ -355,8 +353,6 @@ def rerun(config: Config, dry_run: bool = False, include_failed: bool = False,
     validate_slurm(config)
     paths = RunPaths(config.run_dir)
     manifest = read_manifest(paths.manifest, write_cache=not dry_run)
-    from rxte_hpc.plan.planner import check_run_dir
-
     check_run_dir(config, manifest)
     summary = RunSummary.collect(manifest, paths, config.hash(), write_index=not dry_run)  # --dry-run writes nothing
     wanted = summary.tasks_to_rerun(include_failed)
