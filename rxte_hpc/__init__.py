@@ -18,8 +18,10 @@ from rxte_hpc.core.version import __version__
 
 _API = ("Campaign", "LeftOut", "Product", "Products")
 _RESULTS = ("FetchResult", "MpiResult", "RunResult", "RunStatus", "SubmitResult", "WorkResult")
-__all__ = [*_API, *_RESULTS, "ConfigError", "DataError", "Incomplete", "Interrupted", "NoDataError", "RxteError",
-           "SiteError", "UsageError", "__version__"]
+__all__ = ["Campaign", "LeftOut", "Product", "Products",
+           "FetchResult", "MpiResult", "RunResult", "RunStatus", "SubmitResult", "WorkResult",
+           "ConfigError", "DataError", "Incomplete", "Interrupted", "NoDataError", "RxteError", "SiteError", "UsageError",
+           "__version__"]
 
 if TYPE_CHECKING:
     from rxte_hpc.api import Campaign, LeftOut, Product, Products

@@ -316,12 +316,15 @@ def _send_line(out: int, message: dict) -> None:
         data = data[os.write(out, data):]
 
 
-def _read_setup(stdin: BinaryIO) -> WorkerSetup:
+def _read_setup(stdin: BinaryIO) -> "WorkerSetup":
     header = stdin.readline()
     if not header.strip().isdigit():
         raise SiteError("local worker: no run setup on stdin (started by hand? it is started by `rxte-hpc run`)")
     setup = pickle.loads(stdin.read(int(header)))
-    if not isinstance(setup, WorkerSetup):
+    # Run as a program this module is __main__; the parent pickled the class of rxte_hpc.run.pool.
+    from rxte_hpc.run.pool import WorkerSetup as Pickled
+
+    if not isinstance(setup, Pickled):
         raise SiteError(f"local worker: stdin held a {type(setup).__name__}, not a run setup")
     return setup
 
