@@ -37,6 +37,13 @@ TARGET_COLUMN = "target"
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One row of the plan (`manifest.ecsv`): an `Observation` placed at `index` in time order and given its `task`.
+
+    Two types for two concepts: an Observation is what a catalogue, a table or
+    an archive scan says about a pointing (the simulation yields them too); a
+    ManifestRow exists only in a plan, and every executor works from these.
+    """
+
     index: int
     obsid: ObsID
     cycle: int
@@ -49,10 +56,17 @@ class ManifestRow:
     task: int
     target: str = ""  # the configured target (several-targets runs); "" for a one-target run
 
+    @classmethod
+    def placed(cls, obs: "Observation", index: int, task: int) -> "ManifestRow":
+        """The row of `obs` at `index` of the plan, in `task`."""
+        return cls(index, obs.obsid, obs.cycle, obs.prnb, obs.target_name, obs.time_mjd, obs.exposure_s, obs.ra,
+                   obs.dec, task, obs.target)
+
 
 @dataclass(frozen=True)
 class Observation:
-    """A planned ObsID before task assignment (what a planner source yields)."""
+    """A pointing as a source lists it (xtemaster over TAP, a table file, an archive scan, the simulation),
+    before it is placed in a plan (`ManifestRow.placed`)."""
 
     obsid: ObsID
     cycle: int
@@ -337,10 +351,7 @@ def build_manifest(observations: Iterable[Observation], obs_per_task: int, meta:
     ordered = sorted(unique.values(), key=lambda o: (math.inf if math.isnan(o.time_mjd) else o.time_mjd, o.obsid.text))
     n_tasks = max(1, math.ceil(len(ordered) / obs_per_task))
     tasks = assign_tasks([o.exposure_s for o in ordered], n_tasks)
-    rows = tuple(
-        ManifestRow(i, o.obsid, o.cycle, o.prnb, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec, tasks[i], o.target)
-        for i, o in enumerate(ordered)
-    )
+    rows = tuple(ManifestRow.placed(o, i, tasks[i]) for i, o in enumerate(ordered))
     full_meta = {**meta, "n_tasks": n_tasks, "obs_per_task": obs_per_task, "n_obsids": len(rows)}
     return Manifest(rows, full_meta)
 

@@ -359,8 +359,7 @@ def _simulation_model(config: Config, paths: RunPaths) -> tuple[list[Observation
     from rxte_hpc.sim.campaign import planned_observations
 
     sim = config.simulate
-    obs = [Observation(o.obsid, o.cycle, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec)
-           for o, _ in planned_observations(sim.n_obs, sim.seed, sim.with_broken)]
+    obs = [o for o, _ in planned_observations(sim.n_obs, sim.seed, sim.with_broken)]
     root = paths.simulated_archive
     meta = {"kind": "archive", "root": str(root), "n_rows": len(obs), "note": "simulation model: archive not generated"}
     return obs, meta, f"the simulation model for {root} (not generated: a dry run writes nothing)"
