@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import yaml
 
 from rxte_hpc.core.errors import ConfigError
-from rxte_hpc.core.paths import RESERVED_NAMES
+from rxte_hpc.core.productnames import product_names
+from rxte_hpc.core.targetsfile import read_targets_csv
 
 #: Values that end up in file names, FITS EXTNAMEs and shell scripts.
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,15}")
@@ -174,51 +175,6 @@ class Config:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config_to_mapping(config: Config) -> dict[str, Any]:
-    """The config as plain YAML values, every path absolute: loaded from any folder it means the same.
-
-    The one serializer of a Config (submission snapshots write it; `load_config`
-    of its YAML gives an equal Config, `path` aside). Generic over the
-    dataclasses, so a new field needs nothing here.
-    """
-    out: dict[str, Any] = {"run_dir": str(config.run_dir)}
-    for name in _SECTIONS:
-        if name == "target" and config.targets:
-            continue  # `targets:` replaces `target:`; giving both is refused
-        out[name] = _yaml_value(getattr(config, name))
-    if config.targets:
-        out["targets"] = [_yaml_value(t) for t in config.targets]
-    return out
-
-
-def dump_config(config: Config) -> str:
-    """`config_to_mapping` as YAML text, with a comment naming the file it was resolved from."""
-    head = f"# {json.dumps(str(config.path.resolve()))} as rxte-hpc resolved it (every path absolute)\n"
-    return head + yaml.safe_dump(config_to_mapping(config), sort_keys=False, allow_unicode=True)
-
-
-def _yaml_value(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {}
-        for f in dataclasses.fields(value):
-            item = getattr(value, f.name)
-            out[f.name] = _yaml_bands(item) if f.name == "bands" and item else _yaml_value(item)
-        return out
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (tuple, list)):
-        return [_yaml_value(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _yaml_value(v) for k, v in value.items()}
-    return value
-
-
-def _yaml_bands(bands: tuple[BandConfig, ...]) -> dict[str, Any]:
-    """`extract.bands` in the form the config reads: {name: [lo, hi] keV | {chmin, chmax}}."""
-    return {b.name: list(b.energy_kev) if b.energy_kev is not None else {"chmin": b.chmin, "chmax": b.chmax}
-            for b in bands}
-
-
 _SECTIONS = {
     "target": TargetConfig,
     "source": SourceConfig,
@@ -330,7 +286,7 @@ def _targets(raw: Any, path: Path, base: Path) -> tuple[TargetConfig, ...]:
             raise ConfigError(f"{path}: targets must be a list of {{name, ra, dec[, radius_deg]}} or {{path: FILE.csv}}")
         file = _resolve_path(_expect_str(raw["path"], "targets.path", path), base)
         where = f"targets.path {file}"
-        raw = _read_targets_csv(file, path)
+        raw = read_targets_csv(file, path)
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{path}: targets must be a non-empty list of {{name, ra, dec[, radius_deg]}}")
     out: list[TargetConfig] = []
@@ -350,35 +306,6 @@ def _targets(raw: Any, path: Path, base: Path) -> tuple[TargetConfig, ...]:
         seen[norm] = i
         out.append(target)
     return tuple(out)
-
-
-def _read_targets_csv(file: Path, path: Path) -> list[dict[str, Any]]:
-    """Rows of a targets CSV as mappings, numbers converted; a bad file is one line naming it."""
-    import csv
-
-    try:
-        with open(file, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"{path}: targets.path {file}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    out = []
-    for n, row in enumerate(rows, start=2):
-        item: dict[str, Any] = {}
-        for k, v in row.items():
-            name = (k or "").strip().lower()
-            if name not in ("name", "ra", "dec", "radius_deg"):
-                raise ConfigError(f"{path}: targets.path {file} line {n}: unknown column {k!r} "
-                                  "(columns: name, ra, dec[, radius_deg])")
-            value = (v or "").strip()
-            if name == "name":
-                item[name] = value
-            elif value:
-                try:
-                    item[name] = float(value)
-                except ValueError:
-                    raise ConfigError(f"{path}: targets.path {file} line {n}: {name} is not a number: {value!r}") from None
-        out.append(item)
-    return out
 
 
 def _expect_str(value: Any, key: str, path: Path) -> str:
@@ -507,46 +434,6 @@ def _bands(value: Any, fail: Any, path: Path, key: str) -> tuple[BandConfig, ...
     return tuple(bands)
 
 
-def band_file_name(output: str, band: str, n_bands: int) -> str:
-    """The merged light curve of one band: `gather.output` itself, or `merged_<band>.lc` with several bands."""
-    if n_bands == 1:
-        return output
-    stem, dot, suffix = output.rpartition(".")
-    return f"{stem}_{band}.{suffix}" if dot and stem else f"{output}_{band}"
-
-
-def hardness_file_name(hard: str, soft: str) -> str:
-    return f"hardness_{hard}_{soft}.fits"
-
-
-def product_names(cfg: Config) -> dict[str, str]:
-    """Every file name a gather writes in the run directory (or each `targets/<target>/`) -> the key it comes from."""
-    bands = cfg.extract.band_list()
-    names: dict[str, str] = {}
-
-    def add(name: str, key: str) -> None:
-        if name in names:
-            raise ConfigError(f"{cfg.path}: {key} and {names[name]} both name the file {name!r} in run_dir: "
-                              "one would overwrite the other; rename one of them")
-        names[name] = key
-
-    for band in bands:
-        add(band_file_name(cfg.gather.output, band.name, len(bands)),
-            "gather.output" + (f" (band {band.name})" if len(bands) > 1 else ""))
-    for hard, soft in cfg.gather.hardness or ():
-        add(hardness_file_name(hard, soft), f"gather.hardness [{hard}, {soft}]")
-    add(cfg.gather.plot, "gather.plot")
-    return names
-
-
-def _check_product_names(cfg: Config) -> None:
-    """Products may not collide with each other or with a name the run directory uses (exit 2, naming both)."""
-    for name, key in product_names(cfg).items():
-        if name in RESERVED_NAMES:
-            raise ConfigError(f"{cfg.path}: {key} would write {name!r}, a name the run directory uses for "
-                              f"its own {'file' if '.' in name else 'folder'}; choose another name")
-
-
 def _cross_checks(cfg: Config) -> None:
     path = cfg.path
     ex = cfg.extract
@@ -585,4 +472,5 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"{path}: {key}: energy band [{lo:g}, {hi:g}] keV needs 0 <= low < high")
     if cfg.source.kind == "table" and cfg.source.path is None:
         raise ConfigError(f"{path}: source.path is required for source.kind: table")
-    _check_product_names(cfg)
+    product_names(cfg.path, cfg.gather.output, cfg.gather.plot, [b.name for b in ex.band_list()],
+                  cfg.gather.hardness or ())

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from rxte_hpc.core.config import BandConfig, Config, band_file_name, hardness_file_name
+from rxte_hpc.core.config import BandConfig, Config
+from rxte_hpc.core.productnames import band_file_name, hardness_file_name
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.core.manifest import Manifest, read_manifest
 from rxte_hpc.core.paths import RunPaths

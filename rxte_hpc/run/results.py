@@ -21,7 +21,6 @@ from typing import Any, Mapping, Sequence
 from rxte_hpc.core.errors import Incomplete
 from rxte_hpc.core.status import FINISHED, ObsState, RunSummary, StatusRecord, format_counts
 from rxte_hpc.core.statusreport import ReasonGroup, StatusReport
-from rxte_hpc.run.slurm.render import compress_indices
 
 #: Failure groups a repr shows (`status` and `.groups` have them all).
 SHOWN_GROUPS = 3
@@ -266,6 +265,7 @@ class JobSubmission:
     array: str | None = None
     offset: int | None = None
     tasks: tuple[int, ...] = ()
+    tasks_text: str = ""  # the tasks as ranges (`0-4,17`)
 
 
 @dataclass(frozen=True, repr=False)
@@ -309,7 +309,7 @@ class SubmitResult(Outcome):
             out.append(f"submitted {len(arrays)} arrays {arrays[0].job_id}..{arrays[-1].job_id}: "
                        f"{sum(len(a.tasks) for a in arrays)} elements (jobs.json lists each)")
         else:
-            out += [f"submitted array {a.job_id}_[{a.array}] (offset {a.offset}): tasks {compress_indices(a.tasks)}"
+            out += [f"submitted array {a.job_id}_[{a.array}] (offset {a.offset}): tasks {a.tasks_text}"
                     for a in arrays]
         for j in self.jobs:
             if j.kind in ("gather", "rerun-gather"):

@@ -117,7 +117,7 @@ def test_cli_missing_config_file_exit_2(tmp_path, capsys):
 def test_a_dumped_config_loads_as_the_same_config_from_any_folder(tmp_path, name):
     import dataclasses
 
-    from rxte_hpc.core.config import dump_config
+    from rxte_hpc.core.configio import dump_config
 
     shipped = load_config(REPO / "configs" / name)
     (tmp_path / "elsewhere").mkdir()
@@ -129,7 +129,7 @@ def test_a_dumped_config_loads_as_the_same_config_from_any_folder(tmp_path, name
 def test_dumped_bands_targets_and_paths_round_trip(tmp_path):
     import dataclasses
 
-    from rxte_hpc.core.config import dump_config
+    from rxte_hpc.core.configio import dump_config
 
     (tmp_path / "a").mkdir()
     p = write(tmp_path / "a", "run_dir: r\nscratch: {root: s}\nextract: {bands: {soft: [2, 4], hard: {chmin: 11, chmax: 20}}}\n"

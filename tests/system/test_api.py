@@ -161,7 +161,8 @@ def test_results_of_a_good_run_and_a_gather_with_one_obsid_left_out(tmp_path, ca
 
 def test_the_products_gather_wrote_are_the_names_the_config_checks(tmp_path):
     """core.config.product_names (what a config may not collide with) against the files a real gather wrote."""
-    from rxte_hpc.core.config import load_config, product_names
+    from rxte_hpc.core.config import load_config
+    from rxte_hpc.core.productnames import product_names
 
     cfg = demo_config(tmp_path, n_obs=4, chmin=None, chmax=None, bands={"soft": [2, 4], "hard": [4, 9]})
     raw = yaml.safe_load(cfg.read_text())
@@ -170,7 +171,10 @@ def test_the_products_gather_wrote_are_the_names_the_config_checks(tmp_path):
     c = Campaign.from_config(cfg)
     c.run(workers=1)
     written = {p.path.name for p in c.gather().paths}
-    assert written == set(product_names(load_config(cfg))) and len(written) == 4
+    config = load_config(cfg)
+    names = product_names(config.path, config.gather.output, config.gather.plot,
+                          [b.name for b in config.extract.band_list()], config.gather.hardness or ())
+    assert written == set(names) and len(written) == 4
 
 
 def test_errors_are_importable_from_the_package():

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from rxte_hpc.core.config import Config, config_to_mapping, dump_config, load_config
+from rxte_hpc.core.config import Config, load_config
+from rxte_hpc.core.configio import config_to_mapping, dump_config
 from rxte_hpc.core.errors import RxteError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.paths import RunPaths

@@ -232,8 +232,7 @@ def _gather_argv(script: Path, after: Sequence[str]) -> tuple[str, ...]:
 
 def _planned(calls: Sequence[PlannedCall], gather: Path | None, gather_kind: str) -> tuple[JobSubmission, ...]:
     """The sbatch calls a dry run shows (job ids as placeholders)."""
-    jobs = [JobSubmission(c.kind, None, c.argv, c.chunk.spec() if c.chunk else None,
-                          c.chunk.offset if c.chunk else None, c.chunk.tasks if c.chunk else ()) for c in calls]
+    jobs = [_job(c.kind, None, c.argv, c.chunk) for c in calls]
     if gather is not None:
         jobs.append(JobSubmission(gather_kind, None, _gather_argv(
             gather, [f"<{call.kind} {i + 1} job id>" for i, call in enumerate(calls)])))
@@ -248,8 +247,13 @@ def _record(paths: RunPaths, kind: str, job_id: str, argv: tuple[str, ...], snap
         array=chunk.spec() if chunk else None, offset=chunk.offset if chunk else None,
         tasks=chunk.tasks if chunk else (), depends_on=tuple(after), logs=str(logs) if logs else None,
         snapshot=str(snapshot.folder)))
-    return JobSubmission(kind, job_id, argv, chunk.spec() if chunk else None, chunk.offset if chunk else None,
-                         chunk.tasks if chunk else ())
+    return _job(kind, job_id, argv, chunk)
+
+
+def _job(kind: str, job_id: str | None, argv: tuple[str, ...], chunk: ArrayChunk | None) -> JobSubmission:
+    if chunk is None:
+        return JobSubmission(kind, job_id, argv)
+    return JobSubmission(kind, job_id, argv, chunk.spec(), chunk.offset, chunk.tasks, compress_indices(chunk.tasks))
 
 
 def _submit_arrays(paths: RunPaths, calls: Sequence[PlannedCall], gather_kind: str,
