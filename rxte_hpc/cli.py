@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--with-broken", action="store_true", help="add deliberately broken ObsIDs (listed on output)")
 
+    p = sub.add_parser("config", parents=[common], help="the configuration reference (docs/config.md)")
+    p.add_argument("--schema", action="store_true", required=True,
+                   help="print every key with its type, default, limits and meaning, as Markdown")
+
     p = sub.add_parser("plan", parents=[common], help="write <run_dir>/manifest.ecsv")
     _add_config(p)
     p.add_argument("--dry-run", action="store_true",
@@ -180,6 +184,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from rxte_hpc.core.configdoc import config_reference
+
+    print(config_reference(), end="")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
     if args.plot and not (args.force or args.dry_run) and campaign.paths.manifest.is_file():
@@ -267,6 +278,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": cmd_simulate,
+    "config": cmd_config,
     "plan": cmd_plan,
     "run": cmd_run,
     "work": cmd_work,

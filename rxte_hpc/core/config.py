@@ -3,7 +3,7 @@
 Each field carries its help text in `metadata['help']`, so an error can say
 what a key means. Relative paths are relative to the config file's directory,
 never to the current directory: a batch job starts wherever the scheduler puts
-it (DESIGN.md, settled details).
+it (every key: docs/config.md).
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,15}")
 _SIMPLE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ARCHIVE_SIMULATED = "simulated"
 BACKENDS = ("heasoft", "native", "stdprod")
-#: How HEASoft tasks are called (DESIGN.md "Extractors"): auto = heasoftpy when it imports, else exec.
+#: How HEASoft tasks are called (docs/science.md#heasoft-in-batch-pfiles-prompts-exit-status):
+#: auto = heasoftpy when it imports, else exec.
 RUNNERS = ("auto", "heasoftpy", "exec")
 SOURCE_KINDS = ("tap", "table", "archive")
 DEFAULT_TAP = "https://heasarc.gsfc.nasa.gov/xamin/vo/tap"

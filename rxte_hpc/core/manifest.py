@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLUMNS = ("index", "obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec", "task")
-#: With several configured targets: the configured target whose cone holds the row (DESIGN.md "Manifest").
+#: With several configured targets: the configured target whose cone holds the row (docs/architecture.md#data-flow).
 TARGET_COLUMN = "target"
 
 

@@ -3,7 +3,7 @@
 A one-target run writes its products in the run directory (`merged.lc`, or
 `merged_<band>.lc` per band, hardness files, the plot); a run of several
 `targets:` writes the same products per target under `targets/<target>/`
-(DESIGN.md "Run directory"), each from that target's manifest rows only:
+(docs/architecture.md#the-run-directory), each from that target's manifest rows only:
 targets are never merged together. The merge itself is `merge.py` (pure, on
 `LightCurve` objects); the files are written by `outputs.py`. Each per-ObsID
 file is read by `lcread.py` (the fast reader, checksums verified over the

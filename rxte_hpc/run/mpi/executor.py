@@ -1,7 +1,7 @@
 """Executor: the manifest's ObsIDs over MPI `COMM_WORLD` ranks (`work CONFIG --mpi`), dynamic by default.
 
 Only `COMM_WORLD` rank/size and point-to-point messages are used: `Spawn` and
-`MPIPoolExecutor` are disabled or hang on many clusters (LESSONS.md "MPI"), and
+`MPIPoolExecutor` are disabled or hang on many clusters (docs/architecture.md#executors), and
 a collective after work has started would hang every rank when one dies. The
 one collective is an `allgather` at startup, before any ObsID, so that a
 configuration problem on any rank stops every rank with the same message.

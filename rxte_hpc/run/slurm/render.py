@@ -66,7 +66,7 @@ class ArrayChunk:
     """One `sbatch --array` submission: element indices (from 0) plus the task offset they add.
 
     `task = index + offset` is computed here and in `array_task_from_env` only,
-    never anywhere else (LESSONS.md: canu#337 was an off-by-one on resubmit).
+    never anywhere else (canu issue 337 was an off-by-one on resubmit: docs/architecture.md#why-it-is-built-this-way).
     """
 
     offset: int

@@ -1,6 +1,6 @@
 """Executor: submit the run as Slurm job arrays (MaxArraySize chunks, throttle), a dependent gather, reruns.
 
-What Slurm is asked, and why so little (LESSONS.md "Slurm arrays"):
+What Slurm is asked, and why so little (docs/architecture.md#executors):
 - `scontrol show config` once per submission, for MaxArraySize: it caps the
   highest *index*, so big runs go as several arrays indexed from 0, each with
   an exported `RXTE_HPC_TASK_OFFSET`.
