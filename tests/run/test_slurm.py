@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rxte_hpc import Campaign
 from rxte_hpc.cli import main
 from rxte_hpc.core.config import config_from_mapping, load_config
 from rxte_hpc.core.errors import ConfigError, UsageError
@@ -252,10 +253,14 @@ def write_config(tmp_path: Path, archive: Path, **over: object) -> Path:
 @pytest.mark.slurm
 def test_live_chunked_arrays_then_gather(slurm_cluster, sim_archive, tmp_path, capsys):
     cfg_path = write_config(tmp_path, sim_archive)
-    assert main(["submit", str(cfg_path)]) == 0
+    result = Campaign.from_config(cfg_path).submit()  # the API: job ids returned, nothing printed
+    assert capsys.readouterr().out == ""
     run = tmp_path / "run"
     jobs = read_jobs(RunPaths(run))
     arrays = [j for j in jobs if j["kind"] == "array"]
+    assert result.job_ids == {"arrays": [j["job_id"] for j in arrays],
+                              "gather": next(j["job_id"] for j in jobs if j["kind"] == "gather")}
+    assert len(repr(result).splitlines()) == 1 and result.ok
     assert [(j["array"], j["offset"]) for j in arrays] == [("0-4", 0), ("0-4", 5), ("0-1", 10)]
     gather = [j for j in jobs if j["kind"] == "gather"]
     assert len(gather) == 1 and gather[0]["depends_on"] == [j["job_id"] for j in arrays]
@@ -675,13 +680,15 @@ def test_live_controller_that_does_not_answer_is_a_site_error_and_a_bad_partitio
     monkeypatch.setenv("SLURM_CONF", str(_dead_controller_conf(tmp_path)))
     assert main(["submit", str(cfg_path)]) == 1  # real scontrol, real connect failure (Slurm retries ~9 s)
     err = capsys.readouterr().err
-    assert "the Slurm controller did not answer" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    errors = [line for line in err.splitlines() if line.startswith("rxte-hpc: error:")]
+    assert len(errors) == 1 and "the Slurm controller did not answer" in errors[0] and "Traceback" not in err
     assert read_jobs(RunPaths(tmp_path / "run")) == []
     monkeypatch.delenv("SLURM_CONF")
     bad = write_config(tmp_path, sim_archive, tasks={"obs_per_task": 12}, slurm={"partition": "nopart"})
     assert main(["submit", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "invalid partition" in err.lower() and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("rxte-hpc: error:")]
+    assert len(errors) == 1 and "invalid partition" in errors[0].lower() and "Traceback" not in err
     assert read_jobs(RunPaths(tmp_path / "run")) == []
 
 
