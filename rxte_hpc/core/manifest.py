@@ -161,6 +161,17 @@ class Manifest:
 def read_manifest(path: Path, write_cache: bool = True) -> Manifest:
     """Read a manifest and check it is consistent; a missing file says to run `plan`, a bad one names the row.
 
+    Every error has the manifest's path in `.path`.
+    """
+    try:
+        return _read_manifest(path, write_cache)
+    except (DataError, UsageError) as exc:
+        raise exc.with_context(path=path)
+
+
+def _read_manifest(path: Path, write_cache: bool) -> Manifest:
+    """`read_manifest` itself.
+
     A hand-edited manifest is refused when a later step would go wrong on it:
     a duplicated ObsID (merged twice), a `task` outside 0..n_tasks-1 or a task
     number with no rows (never run, or an array index `work` rejects), a
