@@ -6,9 +6,13 @@
     p = c.gather()
     lc = p.table()            # the merged light curve, header in lc.meta
 
-Every method raises the package's own errors (`rxte_hpc.core.errors`: the
-same types the CLI maps to exit codes 2 and 1) and prints nothing: messages go
-to the `rxte_hpc` logger, which the caller configures (the CLI does).
+Every method returns a typed result (rxte_hpc.run.results, and `Products`
+here) with `ok`, `exit_code`, a short repr and `raise_for_failures()`; failed
+ObsIDs are in the result, not raised. Errors that stop a command raise the
+package's own errors (importable from `rxte_hpc`: the same types the CLI maps
+to exit codes 2 and 1). Nothing is printed: messages go to the `rxte_hpc`
+logger, which the caller configures (the CLI does; a notebook calls
+`logging.basicConfig(level=logging.INFO, force=True)`).
 """
 from __future__ import annotations
 
@@ -193,7 +197,7 @@ class Campaign:
         `progress=True` shows a bar on a terminal (sparse lines elsewhere) on stderr, as the CLI does.
         """
         from rxte_hpc.extract import check_backend
-        from rxte_hpc.run.local import default_workers, run_local
+        from rxte_hpc.run.local import run_local, worker_count
         from rxte_hpc.run.preflight import preflight
 
         if workers is not None and workers < 1:
@@ -203,8 +207,7 @@ class Campaign:
         manifest = self.ensure_manifest()
         checked = preflight(self.config, manifest, backend_checked=True)
         processed = run_local(self.config, manifest, workers=workers, force=force, progress=progress, checked=checked)
-        n = max(1, min(workers or default_workers(), manifest.n_tasks))
-        return RunResult(self.status(), processed, n, time.monotonic() - t0)
+        return RunResult(self.status(), processed, worker_count(workers, manifest.n_tasks), time.monotonic() - t0)
 
     def work(self, task: int | None = None, obsid: str | None = None, *, slurm: bool = False,
              force: bool = False) -> WorkResult:

@@ -5,6 +5,7 @@ A new extractor is one new module here plus one line in `_BACKENDS`.
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -14,6 +15,8 @@ from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.extract.base import ExtractContext, Extractor
+
+log = logging.getLogger(__name__)
 
 _BACKENDS = {
     "stdprod": ("stdprod", "StdprodExtractor"),
@@ -57,6 +60,7 @@ def check_backend(config: Config, factory: Callable[[ExtractContext], Extractor]
     """UsageError (exit 2) when the configured extractor cannot run here: HEASoft, runner, PCU/layer lists,
     the filter expression. Opens no archive and writes nothing (run.preflight calls it once per command)."""
     factory(ExtractContext(config, RunPaths(config.run_dir), _Unopened())).check_available()
+    log.debug("backend check passed: %s", config.extract.backend)
 
 
 __all__ = ["ExtractContext", "Extractor", "check_backend", "make_extractor"]

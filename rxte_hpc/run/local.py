@@ -39,6 +39,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_count(workers: int | None, n_tasks: int) -> int:
+    """How many worker processes a run starts: as asked (default: the CPUs available), at most one per task."""
+    return max(1, min(workers or default_workers(), n_tasks))
+
+
 def run_local(config: Config, manifest: Manifest, *, workers: int | None = None, force: bool = False,
               progress: bool = True, checked: Checked | None = None) -> dict[str, int]:
     """Run every task on `workers` processes; return counts of final ObsID states.
@@ -61,7 +66,7 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
     """
     if checked is None:
         checked = preflight(config, manifest)
-    workers = max(1, min(workers or default_workers(), manifest.n_tasks))
+    workers = worker_count(workers, manifest.n_tasks)
     tasks = list(range(manifest.n_tasks))
     counts: dict[str, int] = {}
     tally = {"obsids": 0, "failed": 0}

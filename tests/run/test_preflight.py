@@ -162,6 +162,7 @@ def test_preflight_runs_once_per_command_whatever_the_tasks_and_workers(tmp_path
     proc = _cli("-v", command[0], str(cfg), *command[1:])
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("preflight passed") == 1, proc.stderr
+    assert proc.stderr.count("backend check passed") == 1, proc.stderr  # HEASoft, lists, filter: checked once
     assert proc.stderr.count(": start on ") == n_tasks  # each task runner started, none of them checked again
 
 
