@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 from rxte_hpc.archive.base import Archive
-from rxte_hpc.core.config import Config
+from rxte_hpc.archive.factory import open_archive
+from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
 from rxte_hpc.core.manifest import ManifestRow
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.paths import RunPaths
@@ -57,9 +58,17 @@ class _Unopened(Archive):
 
 
 def check_backend(config: Config, factory: Callable[[ExtractContext], Extractor] = make_extractor) -> None:
-    """UsageError (exit 2) when the configured extractor cannot run here: HEASoft, runner, PCU/layer lists,
-    the filter expression. Opens no archive and writes nothing (run.preflight calls it once per command)."""
-    factory(ExtractContext(config, RunPaths(config.run_dir), _Unopened())).check_available()
+    """UsageError (exit 2) when the configured extractor cannot run here (HEASoft, runner, PCU/layer lists, the
+    filter expression) or its archive root is unusable. Reads no archive file, downloads and writes nothing
+    (run.preflight calls it once per command).
+
+    A mounted or remote root is opened, which touches nothing; the simulated one
+    is generated on first use, so it is not opened here.
+    """
+    paths = RunPaths(config.run_dir)
+    if config.archive.root != ARCHIVE_SIMULATED:
+        open_archive(config, paths)
+    factory(ExtractContext(config, paths, _Unopened())).check_available()
     log.debug("backend check passed: %s", config.extract.backend)
 
 
