@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from rxte_hpc.core.config import Config, load_config
-from rxte_hpc.core.errors import UsageError
+from rxte_hpc.core.errors import RxteError, UsageError
 from rxte_hpc.core.manifest import Manifest, check_run_dir, read_manifest
 from rxte_hpc.core.obsid import InvalidObsID, ObsID
 from rxte_hpc.core.paths import RunPaths
@@ -287,7 +287,11 @@ class Campaign:
         from rxte_hpc.run.slurm.queue import read_jobs
         from rxte_hpc.run.slurm.snapshot import drift
 
-        found = drift(self.config, read_jobs(self.paths))
+        try:
+            jobs = read_jobs(self.paths)
+        except RxteError as exc:  # a damaged jobs.json must not stop `status`: say it instead
+            return f"cannot compare the config with the submitted one: {exc}"
+        found = drift(self.config, jobs)
         return found.line() if found is not None else None
 
     def report(self, summary: RunSummary | None = None, scheduler: bool = False) -> StatusReport:
