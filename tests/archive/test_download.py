@@ -28,7 +28,7 @@ FAST = DownloadPolicy(timeout_s=5, retries=3, backoff_s=0.01, backoff_max_s=0.05
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
-    """A tiny ObsID tree in the archive's layout (RXTE-PCA.md Q1)."""
+    """A tiny ObsID tree in the archive's layout (docs/science.md#the-archive)."""
     return write_tree(
         tmp_path / "archive",
         {
