@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from rxte_hpc.core.manifest import Observation, build_manifest
+from rxte_hpc.core.manifest import build_manifest
 from rxte_hpc.sim.simulate import campaign
 
 
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
-    sims = campaign(args.n_obs, args.seed)
-    observations = [Observation(s.obsid, s.cycle, s.target_name, s.time_mjd, s.exposure_s, s.ra, s.dec) for s in sims]
+    observations = campaign(args.n_obs, args.seed)  # already the planner's Observations
     t0 = time.perf_counter()
     manifest = build_manifest(observations, args.obs_per_task, {})
     elapsed = time.perf_counter() - t0

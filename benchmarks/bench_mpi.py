@@ -108,7 +108,7 @@ def _inner(cfg: Path, schedule: str) -> int:
 
     logging.getLogger("rxte_hpc").setLevel(logging.WARNING)  # no per-ObsID lines in the figures
     t0 = time.perf_counter()
-    code = run_mpi(load_config(cfg), force=True, schedule=schedule, extractor_factory=Burner)
+    code = run_mpi(load_config(cfg), force=True, schedule=schedule, extractor_factory=Burner).exit_code
     wall = time.perf_counter() - t0
     if os.environ.get("PMI_RANK", "0") == "0":
         busy: dict[int, float] = {}

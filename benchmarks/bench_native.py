@@ -37,7 +37,7 @@ from pathlib import Path
 from rxte_hpc.archive.local import LocalArchive
 from rxte_hpc.core.config import load_config
 from rxte_hpc.core.errors import RxteError
-from rxte_hpc.core.manifest import Manifest, Observation, build_manifest
+from rxte_hpc.core.manifest import Manifest, build_manifest
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.extract.base import ExtractContext
 from rxte_hpc.extract.native import NativeExtractor
@@ -78,9 +78,7 @@ def write_config(base: Path, root: Path, backend: str, per_task: int = 25) -> Pa
 
 
 def manifest_for(n_obs: int, per_task: int, first: int | None = None) -> Manifest:
-    obs = [Observation(o.obsid, o.cycle, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec)
-           for o in campaign(n_obs, SEED)]
-    return build_manifest(obs[:first], per_task, {"source": {"kind": "benchmark"}})
+    return build_manifest(campaign(n_obs, SEED)[:first], per_task, {"source": {"kind": "benchmark"}})
 
 
 def input_files(prepared: Path) -> list[Path]:

@@ -12,10 +12,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TextIO
 
 from rxte_hpc.core.version import __version__
-from rxte_hpc.api import Campaign, Products
+from rxte_hpc.api import Campaign
+from rxte_hpc.run.results import Outcome
 from rxte_hpc.core.errors import Interrupted, RxteError, SiteError, UsageError
 from rxte_hpc.core.statusreport import format_status
 
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-obs", type=int, default=200, help="number of ObsIDs (default 200)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--with-broken", action="store_true", help="add deliberately broken ObsIDs (listed on output)")
+
+    p = sub.add_parser("config", parents=[common], help="the configuration reference (docs/config.md)")
+    p.add_argument("--schema", action="store_true", required=True,
+                   help="print every key with its type, default, limits and meaning, as Markdown")
 
     p = sub.add_parser("plan", parents=[common], help="write <run_dir>/manifest.ecsv")
     _add_config(p)
@@ -126,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RxteError as exc:
         print(f"rxte-hpc: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except MemoryError:
+        # e.g. under `ulimit -v`: the machine's limit, not a bug; the records written so far stand
+        print(f"rxte-hpc: error: out of memory during `{args.command}` (a memory limit such as `ulimit -v` or the "
+              "job's --mem); raise the limit, or use fewer workers", file=sys.stderr)
+        return SiteError.exit_code
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -174,6 +184,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from rxte_hpc.core.configdoc import config_reference
+
+    print(config_reference(), end="")
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
     if args.plot and not (args.force or args.dry_run) and campaign.paths.manifest.is_file():
@@ -193,70 +210,75 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_products(products: Products) -> None:
-    for p in products.paths:
-        label = {"lightcurve": "light curve:", "hardness": "hardness:", "plot": "plot:"}[p.kind]
-        print(f"{label:12s} {p.path}")
-    print(products.summary)
+def _print(outcome: Outcome, file: TextIO | None = None) -> None:
+    for line in outcome.lines():
+        print(line, file=file)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
     campaign.run(workers=args.workers, force=args.force, progress=True)
     products = campaign.gather(allow_missing=args.allow_missing)
-    _print_products(products)
+    _print(products)
     return products.exit_code
 
 
 def cmd_work(args: argparse.Namespace) -> int:
-    from rxte_hpc.core.status import FINISHED
-
     campaign = _campaign(args)
     if args.mpi:
-        return campaign.work_mpi(force=args.force, schedule=args.schedule, gather=args.gather)
+        return campaign.work_mpi(force=args.force, schedule=args.schedule, gather=args.gather,
+                                 on_finish=lambda result: _print(result)).exit_code
     if args.schedule != "dynamic" or args.gather:
         raise UsageError("--schedule and --gather go with --mpi")
-    records = campaign.work(task=args.task, obsid=args.obsid, slurm=args.slurm, force=args.force)
-    bad = [r for r in records if r.state not in FINISHED]
-    for r in bad:
+    result = campaign.work(task=args.task, obsid=args.obsid, slurm=args.slurm, force=args.force)
+    for r in result.bad:
         print(f"{r.obsid}: {r.state}: {r.error or 'no error recorded'}", file=sys.stderr)
-    return 1 if bad else 0
+    return result.exit_code
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    return _campaign(args).submit(dry_run=args.dry_run, mpi=args.mpi)
+    result = _campaign(args).submit(dry_run=args.dry_run, mpi=args.mpi)
+    _print(result)
+    return result.exit_code
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    return _campaign(args).rerun(dry_run=args.dry_run, include_failed=args.include_failed)
+    result = _campaign(args).rerun(dry_run=args.dry_run, include_failed=args.include_failed)
+    _print(result)
+    return result.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    campaign = _campaign(args)
-    summary = campaign.status()
-    report = campaign.report(summary, scheduler=args.scheduler)
+    status = _campaign(args).status(scheduler=args.scheduler)
     if args.json:
-        data = summary.to_json()
-        if report.scheduler is not None:
-            data["scheduler"] = report.scheduler
+        data = status.summary.to_json()
+        if status.report.scheduler is not None:
+            data["scheduler"] = status.report.scheduler
+        if status.drift:
+            data["submitted_config_differs"] = status.drift
         print(json.dumps(data, indent=1))
     else:
-        print(format_status(report, tasks=args.tasks))
-    return 0 if summary.complete else 1
+        print(format_status(status.report, tasks=args.tasks))
+        if status.drift:
+            print(f"  note: {status.drift}")
+    return status.exit_code
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    return _campaign(args).fetch(task=args.task)
+    result = _campaign(args).fetch(task=args.task, progress=True)
+    _print(result, sys.stderr)
+    return result.exit_code
 
 
 def cmd_gather(args: argparse.Namespace) -> int:
     products = _campaign(args).gather(allow_missing=args.allow_missing)
-    _print_products(products)
+    _print(products)
     return products.exit_code
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "simulate": cmd_simulate,
+    "config": cmd_config,
     "plan": cmd_plan,
     "run": cmd_run,
     "work": cmd_work,

@@ -13,8 +13,9 @@ fi
 "$VENV/bin/python" -m pip install -q -e '.[test,mpi,s3]'   # s3: the S3 archive tests (moto is in test)
 export PATH="$PWD/$VENV/bin:$PATH"   # mpiexec from the mpich wheel, rxte-hpc, pytest
 
-# heasoftpy, the user's HEASoft interface, is on no registry: HEASARC's v1.5 source sits in
-# ../shared/vendor (licence and provenance in its README). It builds its task wrappers from
+# heasoftpy, the user's HEASoft interface, is on no registry: the test setup installs HEASARC's v1.5 source from
+# the shared folder beside the checkout, ../shared/vendor (licence and provenance in its README; RXTE_HPC_SHARED
+# points elsewhere). It builds its task wrappers from
 # $HEADAS, so HEADAS is the stand-in HEASoft tree. If it cannot be checked or built, set -e fails
 # the run here; the heasoft tests import it unguarded, so they fail rather than skip without it.
 SHARED=${RXTE_HPC_SHARED:-../shared}
@@ -46,6 +47,9 @@ python -m mypy rxte_hpc
 mypy_rc=$?
 python -m ruff check rxte_hpc tests benchmarks
 ruff_rc=$?
+# The layer contracts of pyproject.toml [tool.importlinter] (layers, no import cycle), lazy imports included.
+lint-imports
+imports_rc=$?
 python -m pytest "$@"
 rc=$?
 set -e
@@ -53,8 +57,8 @@ if [ "$rc" = 5 ]; then
   echo "test-all: pytest collected no tests: that is a failure of the suite" >&2
   exit 1
 fi
-if [ "$mypy_rc" != 0 ] || [ "$ruff_rc" != 0 ]; then
-  echo "test-all: static checks failed (mypy exit $mypy_rc, ruff exit $ruff_rc)" >&2
+if [ "$mypy_rc" != 0 ] || [ "$ruff_rc" != 0 ] || [ "$imports_rc" != 0 ]; then
+  echo "test-all: static checks failed (mypy exit $mypy_rc, ruff exit $ruff_rc, lint-imports exit $imports_rc)" >&2
   [ "$rc" = 0 ] && rc=1
 fi
 exit "$rc"

@@ -1,7 +1,7 @@
 """What every archive offers the extractors: an ObsID's files by relative path, and staging what an extractor reads.
 
 Paths are built from `cycle`, `prnb` and `obsid` (never from datalinks, which
-returned empty tables for a while: LESSONS.md). Every relative path goes
+returned empty tables for a while: docs/architecture.md#why-it-is-built-this-way). Every relative path goes
 through `core.safepath`, so nothing can escape the archive root or the cache.
 """
 from __future__ import annotations

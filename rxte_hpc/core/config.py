@@ -3,7 +3,7 @@
 Each field carries its help text in `metadata['help']`, so an error can say
 what a key means. Relative paths are relative to the config file's directory,
 never to the current directory: a batch job starts wherever the scheduler puts
-it (DESIGN.md, settled details).
+it (every key: docs/config.md).
 """
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ import yaml
 
 from rxte_hpc.core.archiveconfig import S3Config, check_archive, is_remote_root
 from rxte_hpc.core.errors import ConfigError
+from rxte_hpc.core.productnames import product_names
+from rxte_hpc.core.targetsfile import read_targets_csv
 
 #: Values that end up in file names, FITS EXTNAMEs and shell scripts.
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,15}")
 _SIMPLE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ARCHIVE_SIMULATED = "simulated"
 BACKENDS = ("heasoft", "native", "stdprod")
-#: How HEASoft tasks are called (DESIGN.md "Extractors"): auto = heasoftpy when it imports, else exec.
+#: How HEASoft tasks are called (docs/science.md#heasoft-in-batch-pfiles-prompts-exit-status):
+#: auto = heasoftpy when it imports, else exec.
 RUNNERS = ("auto", "heasoftpy", "exec")
 SOURCE_KINDS = ("tap", "table", "archive")
 DEFAULT_TAP = "https://heasarc.gsfc.nasa.gov/xamin/vo/tap"
@@ -220,8 +223,15 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config; ConfigError (exit 2) names the file and the key."""
+    """Read and validate a YAML config; ConfigError (exit 2) names the file and the key, and has it in `.path`."""
     path = Path(path)
+    try:
+        return _load(path)
+    except ConfigError as exc:
+        raise exc.with_context(path=path)
+
+
+def _load(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -279,7 +289,7 @@ def _targets(raw: Any, path: Path, base: Path) -> tuple[TargetConfig, ...]:
             raise ConfigError(f"{path}: targets must be a list of {{name, ra, dec[, radius_deg]}} or {{path: FILE.csv}}")
         file = _resolve_path(_expect_str(raw["path"], "targets.path", path), base)
         where = f"targets.path {file}"
-        raw = _read_targets_csv(file, path)
+        raw = read_targets_csv(file, path)
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{path}: targets must be a non-empty list of {{name, ra, dec[, radius_deg]}}")
     out: list[TargetConfig] = []
@@ -299,35 +309,6 @@ def _targets(raw: Any, path: Path, base: Path) -> tuple[TargetConfig, ...]:
         seen[norm] = i
         out.append(target)
     return tuple(out)
-
-
-def _read_targets_csv(file: Path, path: Path) -> list[dict[str, Any]]:
-    """Rows of a targets CSV as mappings, numbers converted; a bad file is one line naming it."""
-    import csv
-
-    try:
-        with open(file, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"{path}: targets.path {file}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    out = []
-    for n, row in enumerate(rows, start=2):
-        item: dict[str, Any] = {}
-        for k, v in row.items():
-            name = (k or "").strip().lower()
-            if name not in ("name", "ra", "dec", "radius_deg"):
-                raise ConfigError(f"{path}: targets.path {file} line {n}: unknown column {k!r} "
-                                  "(columns: name, ra, dec[, radius_deg])")
-            value = (v or "").strip()
-            if name == "name":
-                item[name] = value
-            elif value:
-                try:
-                    item[name] = float(value)
-                except ValueError:
-                    raise ConfigError(f"{path}: targets.path {file} line {n}: {name} is not a number: {value!r}") from None
-        out.append(item)
-    return out
 
 
 def _expect_str(value: Any, key: str, path: Path) -> str:
@@ -497,3 +478,5 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.source.kind == "table" and cfg.source.path is None:
         raise ConfigError(f"{path}: source.path is required for source.kind: table")
     check_archive(path, cfg.source.kind, cfg.archive.root, cfg.archive.s3)
+    product_names(cfg.path, cfg.gather.output, cfg.gather.plot, [b.name for b in ex.band_list()],
+                  cfg.gather.hardness or ())

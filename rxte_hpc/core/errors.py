@@ -97,3 +97,15 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class Incomplete(RxteError):
+    """Raised by a result's `raise_for_failures()` when ObsIDs failed or are missing; `.result` is that result.
+
+    The API returns results rather than raising for failed ObsIDs (a run with
+    failures still did useful work); a script that wants an exception asks for it.
+    """
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result

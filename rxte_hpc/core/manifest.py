@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from rxte_hpc.core import manifestcache
+from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import DataError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.obsid import MAX_CYCLE, ObsID, check_cycle
@@ -30,12 +31,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLUMNS = ("index", "obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec", "task")
-#: With several configured targets: the configured target whose cone holds the row (DESIGN.md "Manifest").
+#: With several configured targets: the configured target whose cone holds the row (docs/architecture.md#data-flow).
 TARGET_COLUMN = "target"
 
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One row of the plan (`manifest.ecsv`): an `Observation` placed at `index` in time order and given its `task`.
+
+    Two types for two concepts: an Observation is what a catalogue, a table or
+    an archive scan says about a pointing (the simulation yields them too); a
+    ManifestRow exists only in a plan, and every executor works from these.
+    """
+
     index: int
     obsid: ObsID
     cycle: int
@@ -48,10 +56,17 @@ class ManifestRow:
     task: int
     target: str = ""  # the configured target (several-targets runs); "" for a one-target run
 
+    @classmethod
+    def placed(cls, obs: "Observation", index: int, task: int) -> "ManifestRow":
+        """The row of `obs` at `index` of the plan, in `task`."""
+        return cls(index, obs.obsid, obs.cycle, obs.prnb, obs.target_name, obs.time_mjd, obs.exposure_s, obs.ra,
+                   obs.dec, task, obs.target)
+
 
 @dataclass(frozen=True)
 class Observation:
-    """A planned ObsID before task assignment (what a planner source yields)."""
+    """A pointing as a source lists it (xtemaster over TAP, a table file, an archive scan, the simulation),
+    before it is placed in a plan (`ManifestRow.placed`)."""
 
     obsid: ObsID
     cycle: int
@@ -145,6 +160,17 @@ class Manifest:
 
 def read_manifest(path: Path, write_cache: bool = True) -> Manifest:
     """Read a manifest and check it is consistent; a missing file says to run `plan`, a bad one names the row.
+
+    Every error has the manifest's path in `.path`.
+    """
+    try:
+        return _read_manifest(path, write_cache)
+    except (DataError, UsageError) as exc:
+        raise exc.with_context(path=path)
+
+
+def _read_manifest(path: Path, write_cache: bool) -> Manifest:
+    """`read_manifest` itself.
 
     A hand-edited manifest is refused when a later step would go wrong on it:
     a duplicated ObsID (merged twice), a `task` outside 0..n_tasks-1 or a task
@@ -336,9 +362,38 @@ def build_manifest(observations: Iterable[Observation], obs_per_task: int, meta:
     ordered = sorted(unique.values(), key=lambda o: (math.inf if math.isnan(o.time_mjd) else o.time_mjd, o.obsid.text))
     n_tasks = max(1, math.ceil(len(ordered) / obs_per_task))
     tasks = assign_tasks([o.exposure_s for o in ordered], n_tasks)
-    rows = tuple(
-        ManifestRow(i, o.obsid, o.cycle, o.prnb, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec, tasks[i], o.target)
-        for i, o in enumerate(ordered)
-    )
+    rows = tuple(ManifestRow.placed(o, i, tasks[i]) for i, o in enumerate(ordered))
     full_meta = {**meta, "n_tasks": n_tasks, "obs_per_task": obs_per_task, "n_obsids": len(rows)}
     return Manifest(rows, full_meta)
+
+
+def science_text(config: Config) -> str:
+    """What decides the light curves, in a few words (a refusal names it for both configs)."""
+    ex = config.extract
+    return f"backend {ex.backend}, " + "; ".join(
+        (f"{b.name} " if ex.bands else "") + b.describe() for b in ex.band_list())
+
+
+def check_run_dir(config: Config, manifest: Manifest) -> None:
+    """A run directory belongs to one plan: a config whose science differs from the plan's is refused.
+
+    Its records and light curves would otherwise be mixed with the other
+    config's in one directory (each `done` only for its own config hash, both
+    writing one `lc/` and one merged product). Checked before anything is
+    written by every command that uses the plan. Manifests written before the
+    plan recorded its config hash are not checked.
+    """
+    planned = manifest.meta.get("config_hash")
+    if not planned or planned == config.hash():
+        return
+    paths = RunPaths(config.run_dir)
+    by = manifest.meta.get("config_file") or "a config not recorded in the manifest"
+    theirs = manifest.meta.get("science") or "science not recorded"
+    raise UsageError(
+        f"{config.path}: run_dir {paths.root} holds the plan of another configuration: {paths.manifest} was planned "
+        f"by {by} (config hash {planned}: {theirs}); this config has hash {config.hash()} ({science_text(config)}). "
+        f"Use another run_dir for this config, or replan this one deliberately with "
+        f"`rxte-hpc plan {config.path} --force` (every ObsID is then redone for this config, replacing the old "
+        "light curves; the old records stop counting as done)",
+        path=config.path,
+    )

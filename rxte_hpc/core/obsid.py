@@ -1,7 +1,7 @@
 """RXTE ObsIDs: the one place that knows their rules.
 
 An ObsID is `NNNNN-TT-VV-SS[X]`: proposal, target, viewing, sequence and an
-optional event-flag character (RXTE-PCA.md Q1). ObsIDs end up in paths, shell
+optional event-flag character (docs/science.md#obsids). ObsIDs end up in paths, shell
 scripts and ADQL, so parsing is strict: exactly that pattern, nothing else.
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ class ObsID:
         return f"xp{self.nodash}_n2{band}.lc.gz"
 
 
-#: PCA standard-product light-curve bands (RXTE-PCA.md Q1): letter -> keV range.
+#: PCA standard-product light-curve bands (docs/science.md#obsids): letter -> keV range.
 STDPROD_BANDS = {"a": (2.0, 9.0), "b": (2.0, 4.0), "c": (4.0, 9.0), "d": (9.0, 20.0), "e": (20.0, 40.0)}
 
 

@@ -1,4 +1,4 @@
-"""The run directory's layout (DESIGN.md "Run directory"): one object knows every path, and the sharding.
+"""The run directory's layout (docs/architecture.md#the-run-directory): one object knows every path, and the sharding.
 
 Per-ObsID files live two levels down, `lc/<shard>/<obsid>.lc`,
 `status/<shard>/<obsid>.json`, `logs/<shard>/<obsid>.log` (task logs:
@@ -28,8 +28,12 @@ from rxte_hpc.core.obsid import ObsID
 
 #: Shard folders per per-ObsID directory (two hex digits).
 N_SHARDS = 256
-#: What the layout promises per folder (DESIGN.md), checked by tests/core/test_paths.py.
+#: What the layout promises per folder (docs/architecture.md#the-run-directory), checked by tests/core/test_paths.py.
 MAX_FOLDER_ENTRIES = 1000
+#: Every name the tool uses directly under a run directory (hidden `.`-files aside, which are all its own):
+#: a gather output or plot may take none of them (core/config.py checks `gather:` against this list).
+RESERVED_NAMES = ("manifest.ecsv", "products.ecsv", "exposure.png", "lc", "status", "logs", "slurm", "targets",
+                  "prepared", "cache", "archive", "verify")
 
 
 def shard_of(name: str) -> str:
@@ -126,7 +130,7 @@ class RunPaths:
 
     def output(self, name: str, target: str | None = None) -> Path:
         """A gather output (name already validated by the config as a plain file name); with `target`, the
-        several-targets layout `targets/<target>/<name>` (DESIGN.md "Run directory")."""
+        several-targets layout `targets/<target>/<name>` (docs/architecture.md#the-run-directory)."""
         return (self.target_dir(target) if target else self.root) / Path(name).name
 
     @property

@@ -3,7 +3,7 @@
 Each task gets `<root>/rxte-hpc-<user>-<job>-<label>-<pid>-<random>/` with a
 `pfiles/` directory, in which every ObsID gets a fresh, empty user PFILES
 directory of its own (`Workspace.obsid_pfiles`: shared parameter files clobber
-each other, LESSONS.md, and values a task learns on one ObsID must not reach
+each other, docs/architecture.md#why-it-is-built-this-way, and values a task learns on one ObsID must not reach
 the next), and a short working directory `w/` (long paths break pcaextlc2).
 A lock file is held while the owner lives; the next task reaps directories
 of this tool whose lock is free, and never touches anything else in /dev/shm.

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 STATES = ("done", "failed", "no_data", "interrupted", "running")
 #: What `status` reports per ObsID: the record's state, or one of these two.
 MISSING = "missing"  # no record, or a done record for another config / without its output
-#: States that count as finished for exit codes (DESIGN.md: no_data is not a failure).
+#: States that count as finished for exit codes (docs/architecture.md#records: no_data is not a failure).
 FINISHED = ("done", "no_data")
 ERROR_KINDS = ("site", "data")
 _ORDER = ("done", "no_data", "failed", "interrupted", "running", MISSING)

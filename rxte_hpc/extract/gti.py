@@ -1,6 +1,6 @@
 """Good time intervals the way maketime makes them, in numpy, without HEASoft.
 
-Layers, so the rules can be tested without files (RXTE-PCA.md Q3 and the
+Layers, so the rules can be tested without files (docs/science.md#good-time-maketime and the
 native spec item 1):
 
 * the filter expression (`filterexpr.py`: CFITSIO's language and semantics),

@@ -1,7 +1,7 @@
 """The seed's HEASoft chain, unchanged in science, made safe to run many times at once.
 
 Per ObsID: `pcaprepobsid` (once), `maketime` with the filter expression
-(once), then one `pcaextlc2` per band (RXTE-PCA.md Q2-Q4). Each ObsID gets a
+(once), then one `pcaextlc2` per band (docs/science.md#what-each-extractor-computes). Each ObsID gets a
 fresh, empty user PFILES directory (`Workspace.obsid_pfiles`), so nothing a
 task learns on one ObsID reaches the next. The tasks are called through
 heasoftpy or as executables (`extract.runner`, see `hsp_runner`); either way
@@ -9,10 +9,10 @@ every call is a subprocess with the ObsID's environment from
 `scratch.heasoft_env` (its PFILES, no prompting), stdin from /dev/null, every
 parameter as its own argv item (never a shell), and the short scratch working
 directory as cwd with relative file names, so long run-directory paths never
-reach the tools ("COLUMNS parameter may be too long", LESSONS.md).
+reach the tools ("COLUMNS parameter may be too long", docs/science.md#heasoft-in-batch-pfiles-prompts-exit-status).
 
 HEASoft's Perl tasks exit 0 when they fail and only print `Task <name> <ver>
-terminating with status -1` (RXTE-PCA.md Q8), so success here means: exit
+terminating with status -1` (docs/science.md#heasoft-in-batch-pfiles-prompts-exit-status), so success here means: exit
 status 0, no such line with a non-zero status, and the expected outputs exist
 with rows.
 """

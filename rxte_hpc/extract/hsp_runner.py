@@ -10,7 +10,7 @@ heasoftpy when it imports, as HEASARC's own RXTE notebooks do, and exec
 otherwise.
 
 heasoftpy finds PFILES and HEADAS in the process-wide `os.environ` at call time
-and writes HEADASNOQUERY/HEADASPROMPT there (../shared/vendor/README.md), so:
+and writes HEADASNOQUERY/HEADASPROMPT there (heasoftpy 1.5; docs/science.md#heasoft-in-batch-pfiles-prompts-exit-status), so:
 - the ObsID's PFILES is put into os.environ for that ObsID's calls
   (`task_calls`), and restored after;
 - only one thread per process may call it: every executor runs one extracting

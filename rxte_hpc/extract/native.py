@@ -1,6 +1,6 @@
 """The native extractor: pcaextlc2's light curve computed in numpy from prepared products.
 
-Follows RXTE-PCA.md "Native re-implementation spec" items 1-8: maketime's GTI
+Follows docs/science.md#native (the rules of #good-time-maketime and #pcaextlc2-the-light-curve): maketime's GTI
 from the filter file, each Standard-2 file's own GTI applied (gtiorfile=APPLY),
 rows kept when start <= Time+TIMEZERO < stop, whole Standard-2 bins kept when
 they overlap the absolute channel band, counts summed over the chosen PCUs,

@@ -1,11 +1,11 @@
 """Standard-2 channel maps, energy bands and PCU/layer column selection.
 
 saextrct's `chmin`/`chmax` are ABSOLUTE PCA channels (0-255), while a Standard-2
-spectrum has 129 bins that group those channels (RXTE-PCA.md Q4, Q5). This
+spectrum has 129 bins that group those channels (docs/science.md#standard-2-data). This
 module turns a requested band (channels or keV) into the set of Standard-2 bins
 saextrct would sum, and names the spectral columns for a PCU/layer selection.
 Everything here is pure computation on small tables; the energy tables are the
-packaged copies of /work/shared/data (see rxte_hpc/data/README.md).
+packaged tables (rxte_hpc/data/README.md says where they come from).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from rxte_hpc.core.errors import DataError, UsageError
 log = logging.getLogger(__name__)
 
 N_ABS_CHANNELS = 256
-#: The documented Standard-2 grouping (RXTE-PCA.md Q5): 1+49+41+34+3+1 = 129 bins.
+#: The documented Standard-2 grouping (docs/science.md#standard-2-data): 1+49+41+34+3+1 = 129 bins.
 DEFAULT_CPIX = "(0~4),(5:53),(54~135;2),(136~237;3),(238~249;4),(250~255)"
 
 _ALL_PCUS = (0, 1, 2, 3, 4)
@@ -105,7 +105,7 @@ def bins_for_channels(channel_map: np.ndarray, chmin: int | None, chmax: int | N
     """Which Standard-2 bins saextrct sums for absolute channels chmin..chmax.
 
     A bin is kept WHOLE when it overlaps the range (hi_b >= chmin and
-    lo_b <= chmax), so the effective band can be wider than asked (RXTE-PCA.md
+    lo_b <= chmax), so the effective band can be wider than asked (docs/science.md#standard-2-data
     Q4). None means INDEF: no limit on that side.
     """
     channel_map = np.asarray(channel_map)
@@ -239,7 +239,7 @@ def pcu0_energies(pcus: Sequence[int]) -> bool:
     """The one PCU0 rule, for both backends: PCU0's own epoch-5 energy column only when PCU0 is the only PCU.
 
     pcaextlc2 passes ONE chmin/chmax to saextrct for every column it sums
-    (RXTE-PCA.md Q4), so a band has one channel range whatever PCUs are
+    (docs/science.md#pcaextlc2-the-light-curve), so a band has one channel range whatever PCUs are
     summed; in epoch 5 it comes from the PCUs 1-4 column (HEASARC's products
     say 5-21 for 2-9 keV) unless PCU0 alone is summed, whose own gain then
     applies (5-20).

@@ -1,7 +1,7 @@
 """Calling one HEASoft task safely: explicit environment, own session, timeout, failure detection.
 
 HEASoft's Perl tasks exit 0 when they fail and only print `Task <name> <ver>
-terminating with status -1` (RXTE-PCA.md Q8), so success here means: exit
+terminating with status -1` (docs/science.md#heasoft-in-batch-pfiles-prompts-exit-status), so success here means: exit
 status 0, no such line with a non-zero status, and the expected outputs exist.
 Every task call of the heasoft and native backends goes through `TaskCaller`
 (the `exec` runner) or its heasoftpy subclass in `hsp_runner` (the `heasoftpy`

@@ -6,7 +6,7 @@ Every reader of times in this package goes through here: `TIMEZERO` or
 times in seconds since its `TimeRef`, with TIMEZERO folded in and stamps at the
 leading edge of each bin (TIMEPIXR = 0), which is what saextrct writes.
 Reading only `TSTART`/`TIMEZERO` on real saextrct output silently shifts
-times (LESSONS.md), hence the care here.
+times (docs/science.md#time), hence the care here.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The time half of `lcfile` (which re-exports all of it): `TIMEZERO` or
 `TIMEZERI/TIMEZERF`, `MJDREF` or `MJDREFI/MJDREFF`, `TSTART` or
 `TSTARTI/TSTARTF`, `TIMEUNIT` s or d. Reading only `TSTART`/`TIMEZERO` on
-real saextrct output silently shifts times (LESSONS.md), hence the care here.
+real saextrct output silently shifts times (docs/science.md#time), hence the care here.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from rxte_hpc.core.errors import DataError
 
-#: RXTE's reference epoch: 1994-01-01T00:00:00 UTC expressed in TT (RXTE-PCA.md Q4).
+#: RXTE's reference epoch: 1994-01-01T00:00:00 UTC expressed in TT (docs/science.md#time).
 RXTE_MJDREFI = 49353
 RXTE_MJDREFF = 6.965740740000e-04
 SECONDS_PER_DAY = 86400.0

@@ -23,16 +23,13 @@ from rxte_hpc.core.version import __version__
 from rxte_hpc.archive.local import ensure_simulated, simulated_ready
 from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config, target_key
 from rxte_hpc.core.errors import DataError, RxteError, UsageError
-from rxte_hpc.core.manifest import Manifest, Observation, build_manifest, read_manifest
+from rxte_hpc.core.manifest import Manifest, Observation, build_manifest, check_run_dir, read_manifest, science_text
 from rxte_hpc.core.obsid import InvalidObsID, ObsID, check_cycle, is_pointing
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.plan.tap import query_observations
 
 log = logging.getLogger(__name__)
 
-#: Seconds one ObsID takes through pcaprepobsid + maketime + pcaextlc2: the middle of the seed's 10-20 s,
-#: a figure from the seed notebook, not measured here (HEASoft cannot be installed on these machines).
-HEASOFT_S_PER_OBSID = 15.0
 #: Column names accepted in table files (lower-cased) -> manifest field.
 _ALIASES = {"time": "time_mjd", "exposure": "exposure_s", "target": "target_name", "name": "target_name"}
 _FIELDS = ("obsid", "cycle", "prnb", "target_name", "time_mjd", "exposure_s", "ra", "dec")
@@ -362,8 +359,7 @@ def _simulation_model(config: Config, paths: RunPaths) -> tuple[list[Observation
     from rxte_hpc.sim.campaign import planned_observations
 
     sim = config.simulate
-    obs = [Observation(o.obsid, o.cycle, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec)
-           for o, _ in planned_observations(sim.n_obs, sim.seed, sim.with_broken)]
+    obs = [o for o, _ in planned_observations(sim.n_obs, sim.seed, sim.with_broken)]
     root = paths.simulated_archive
     meta = {"kind": "archive", "root": str(root), "n_rows": len(obs), "note": "simulation model: archive not generated"}
     return obs, meta, f"the simulation model for {root} (not generated: a dry run writes nothing)"
@@ -385,6 +381,8 @@ def plan(config: Config, *, dry_run: bool = False) -> Manifest:
         "tool_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": config.hash(),
+        "config_file": str(config.path.resolve()),
+        "science": science_text(config),
         "source": {**source_meta, "dropped": dropped},
     }
     if unobserved.get("unobserved"):
@@ -399,65 +397,6 @@ def plan(config: Config, *, dry_run: bool = False) -> Manifest:
             if not n:
                 log.warning("plan: target %r has no ObsIDs", name)
     return build_manifest(kept, config.tasks.obs_per_task, meta)
-
-
-def _makespan(durations: Sequence[float], workers: int) -> float:
-    """Wall time of running the tasks on `workers` slots, longest first (what a scheduler roughly does)."""
-    loads = [0.0] * max(1, workers)
-    for d in sorted(durations, reverse=True):
-        i = loads.index(min(loads))
-        loads[i] += d
-    return max(loads, default=0.0)
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
-
-def describe_plan(config: Config, manifest: Manifest, workers: int | None = None) -> str:
-    """What `plan --dry-run` prints: the source, counts, exposure, and serial vs parallel HEASoft time."""
-    src = manifest.meta.get("source", {})
-    lines = []
-    if src.get("kind") == "tap":
-        lines += [f"source: TAP {src.get('service')} (maxrec {src.get('maxrec')}, {src.get('n_rows')} rows, "
-                  f"status {src.get('query_status')})", f"ADQL: {src.get('adql')}"]
-    elif src.get("kind") == "table":
-        lines.append(f"source: table {src.get('path')} (sha256 {str(src.get('sha256'))[:16]}, {src.get('n_rows')} rows)")
-    else:
-        lines.append(f"source: archive scan of {src.get('root')} ({src.get('n_rows')} ObsID directories)"
-                     if not src.get("note") else f"source: {src.get('root')}: {src.get('note')} ({src.get('n_rows')} ObsIDs)")
-    dropped = {k: v for k, v in dict(src.get("dropped", {})).items() if v}
-    if dropped:
-        lines.append("dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
-    for t in manifest.meta.get("targets") or ():
-        lines.append(f"target {t.get('name')}: {t.get('n_obsids')} ObsIDs within {t.get('radius_deg')} deg "
-                     f"of RA {t.get('ra')} Dec {t.get('dec')}")
-    n_obs, n_tasks = len(manifest.rows), manifest.n_tasks
-    exposures = np.array([r.exposure_s for r in manifest.rows], dtype=float)
-    known = np.isfinite(exposures)
-    per_task = np.bincount([r.task for r in manifest.rows], minlength=n_tasks)
-    lines.append(f"ObsIDs: {n_obs} in {n_tasks} tasks (obs_per_task {manifest.meta.get('obs_per_task')}; "
-                 f"{per_task.min()}-{per_task.max()} per task, balanced by exposure)")
-    total = f"total exposure: {exposures[known].sum() / 1e3:.1f} ks"
-    lines.append(total + (f" ({int((~known).sum())} ObsIDs unknown)" if not known.all() else ""))
-    times = np.array([r.time_mjd for r in manifest.rows], dtype=float)
-    if np.isfinite(times).any():
-        lines.append(f"time span: MJD {np.nanmin(times):.2f} to {np.nanmax(times):.2f}")
-    loads = manifest.task_exposures()
-    if n_tasks > 1 and min(loads) > 0:
-        lines.append(f"task exposure: heaviest/lightest {max(loads) / min(loads):.3f}")
-    if config.extract.backend != "heasoft":
-        lines.append(f"time estimate: none for the {config.extract.backend} backend (the seed's 10-20 s per ObsID "
-                     "is the HEASoft chain's; run benchmarks/ for measured figures)")
-        return "\n".join(lines)
-    width = workers or n_tasks
-    counts = per_task * HEASOFT_S_PER_OBSID
-    serial = n_obs * HEASOFT_S_PER_OBSID
-    parallel = _makespan(list(counts), width)
-    lines.append(f"serial HEASoft estimate: {n_obs} x {HEASOFT_S_PER_OBSID:g} s = {_hours(serial)} "
-                 "(the seed's figure, not measured)")
-    lines.append(f"parallel estimate at width {width}: {_hours(parallel)} (x{serial / parallel:.1f})")
-    return "\n".join(lines)
 
 
 def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -> Path:
@@ -481,10 +420,13 @@ def write_manifest(config: Config, manifest: Manifest, *, force: bool = False) -
 
 
 def ensure_manifest(config: Config) -> Manifest:
-    """The run's manifest, planning and writing it first when there is none (what `run` and `submit` need)."""
+    """The run's manifest, planning and writing it first when there is none (what `run` and `submit` need);
+    a manifest planned by a config of other science is refused (`check_run_dir`)."""
     paths = RunPaths(config.run_dir)
     if paths.manifest.is_file():
-        return read_manifest(paths.manifest)
+        manifest = read_manifest(paths.manifest)
+        check_run_dir(config, manifest)
+        return manifest
     manifest = plan(config)
     write_manifest(config, manifest)
     log.info("planned %d ObsIDs in %d tasks: %s", len(manifest.rows), manifest.n_tasks, paths.manifest)

@@ -1,6 +1,6 @@
 """The HEASARC TAP part of planning: the seed's ADQL, sent with pyvo, checked for truncation.
 
-TAP results are silently truncated at a row limit (LESSONS.md, "Planning"), so
+TAP results are silently truncated at a row limit (docs/architecture.md#why-it-is-built-this-way), so
 the query carries an explicit MAXREC and a result that reached it, or that the
 service marked OVERFLOW, is an error rather than a short manifest. Only
 numbers and a checked identifier are formatted into the ADQL: nothing a user

@@ -3,7 +3,7 @@
 A one-target run writes its products in the run directory (`merged.lc`, or
 `merged_<band>.lc` per band, hardness files, the plot); a run of several
 `targets:` writes the same products per target under `targets/<target>/`
-(DESIGN.md "Run directory"), each from that target's manifest rows only:
+(docs/architecture.md#the-run-directory), each from that target's manifest rows only:
 targets are never merged together. The merge itself is `merge.py` (pure, on
 `LightCurve` objects); the files are written by `outputs.py`. Each per-ObsID
 file is read by `lcread.py` (the fast reader, checksums verified over the
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rxte_hpc.core.config import BandConfig, Config
+from rxte_hpc.core.productnames import band_file_name, hardness_file_name
 from rxte_hpc.core.errors import DataError
 from rxte_hpc.core.manifest import Manifest, read_manifest
 from rxte_hpc.core.paths import RunPaths
@@ -58,6 +59,7 @@ class TargetGather:
     plot: Path | None
     entries: tuple[ProductEntry, ...]
     counts: dict[str, int]
+    left_out: tuple[ObsOutcome, ...]  # its ObsIDs not merged
     n_rows: int  # summed over band files
     n_nan: int
     overlaps: int
@@ -80,6 +82,7 @@ class GatherResult:
     targets: tuple[TargetGather, ...] = ()
     entries: tuple[ProductEntry, ...] = field(default=())  # what products.ecsv lists (paths relative to run_dir)
     plots: tuple[Path, ...] = ()  # every target's plot
+    left_out: tuple[ObsOutcome, ...] = ()  # every ObsID not merged (failed, missing, no_data), all targets
 
 
 def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifest | None = None) -> GatherResult:
@@ -116,7 +119,7 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
                         + "; ".join(f"{t}: {_state_text(o)}" for t, o in empty) + ")")
     for target, outcomes in empty:
         counts = _counts(outcomes)
-        done.append(TargetGather(target, (), None, (), counts, 0, 0, 0, _target_line(
+        done.append(TargetGather(target, (), None, (), counts, tuple(outcomes), 0, 0, 0, _target_line(
             target, f"nothing to merge ({_state_text(outcomes)})", outcomes, counts)))
     order = list(groups)
     done.sort(key=lambda t: order.index(t.target))
@@ -160,6 +163,7 @@ def run_gather(config: Config, *, allow_missing: bool = False, manifest: Manifes
         targets=tuple(done),
         entries=entries,
         plots=plots,
+        left_out=tuple(o for t in done for o in t.left_out),
     )
 
 
@@ -208,7 +212,7 @@ def _write_target(
     outputs: list[Path] = []
     entries: list[ProductEntry] = []
     for band in bands:
-        out = where(_band_file(config.gather.output, band.name, len(bands)))
+        out = where(band_file_name(config.gather.output, band.name, len(bands)))
         m = merged[band.name]
         write_merged(out, m, band, provenance, outcomes, config)
         outputs.append(out)
@@ -216,7 +220,7 @@ def _write_target(
     ratios = []
     for hard, soft in config.gather.hardness or ():
         hc = hardness_ratio(merged[hard].curve, merged[soft].curve, hard, soft)
-        out = where(f"hardness_{hard}_{soft}.fits")
+        out = where(hardness_file_name(hard, soft))
         common = {k: v for k, v in merged[hard].curve.keywords.items() if k in ("TELESCOP", "INSTRUME", "OBJECT")}
         write_hardness(out, hc, {**provenance, **common,
                                  "HARDBAND": (band_text(merged[hard].curve.keywords, bands, hard), "numerator band"),
@@ -241,6 +245,7 @@ def _write_target(
         plot=plot,
         entries=tuple(entries),
         counts=counts,
+        left_out=tuple(o for o in outcomes if o.state != "used"),
         n_rows=sum(m.n_rows for m in merged.values()),
         n_nan=sum(m.n_nan for m in merged.values()),
         overlaps=sum(m.n_overlap_rows for m in merged.values()),
@@ -287,13 +292,6 @@ def _band_curves(curves: list[LightCurve], bands: Sequence[BandConfig], where: s
     if missing:
         raise DataError(f"{where}: no extension for band {missing[0]!r} (has {', '.join(by_name)})")
     return [by_name[b.name.upper()] for b in bands]
-
-
-def _band_file(output: str, band: str, n_bands: int) -> str:
-    if n_bands == 1:
-        return output
-    stem, dot, suffix = output.rpartition(".")
-    return f"{stem}_{band}.{suffix}" if dot and stem else f"{output}_{band}"
 
 
 def _state_text(outcomes: Sequence[ObsOutcome]) -> str:

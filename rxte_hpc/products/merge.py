@@ -1,6 +1,6 @@
 """The pure merge: per-ObsID `LightCurve`s into one sorted curve per band (no files, no run directory).
 
-The traps of merging (LESSONS.md "Merging light curves") decide the shape:
+The traps of merging (docs/architecture.md#why-it-is-built-this-way) decide the shape:
 every time goes through `lcfile` and onto one MJDREF by exact offsets, one
 TIMEDEL or an error, the inputs' GTIs are unioned, each row keeps its ObsID,
 and rows of two ObsIDs in the same time bin are reported and kept, never

@@ -21,6 +21,7 @@ from rxte_hpc.core.manifest import Manifest, ManifestRow
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.progress import ProgressLine
 from rxte_hpc.extract import ExtractContext, Extractor, make_extractor
+from rxte_hpc.run.results import FetchProblem, FetchResult, size_text
 
 log = logging.getLogger(__name__)
 
@@ -77,26 +78,17 @@ class _Transfers:
             return self._total
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover - the loop always returns
-
-
 class _Tally:
     """Counts per state and the progress line fed by finished ObsIDs and arriving bytes."""
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, total: int, stream: TextIO, show: bool) -> None:
         self.counts = dict.fromkeys(_STATES, 0)
-        self.progress = ProgressLine(total, self._describe, prefix="fetch", stream=stream)
+        self.progress = ProgressLine(total, self._describe, prefix="fetch", stream=stream, show=show)
         self.transfers = _Transfers(self.progress.redraw)
 
     def _describe(self, done: int, elapsed: float) -> str:
         c = self.counts
-        return (f"{done}/{self.progress.total} ObsIDs, {_size(self.transfers.total_bytes)}, {c['fetched']} fetched, "
+        return (f"{done}/{self.progress.total} ObsIDs, {size_text(self.transfers.total_bytes)}, {c['fetched']} fetched, "
                 f"{c['cached']} cached, {c['missing']} missing, {c['failed']} failed, {elapsed:.0f} s")
 
     def finished(self, outcome: FetchOutcome) -> None:
@@ -116,38 +108,30 @@ def _fetch_one(archive: RemoteArchive, extractor: Extractor, row: ManifestRow, t
     return FetchOutcome(obsid, "fetched" if files else "cached", files, nbytes)
 
 
-def fetch(config: Config, manifest: Manifest, task: int | None = None, *, stream: TextIO | None = None) -> int:
-    """Pre-stage what the configured extractor reads for every ObsID (or one task's); returns the exit code.
+def fetch(config: Config, manifest: Manifest, task: int | None = None, *, stream: TextIO | None = None,
+          progress: bool = False) -> FetchResult:
+    """Pre-stage what the configured extractor reads for every ObsID (or one task's); returns what was staged.
 
-    Prints progress and a one-line summary: 0 when every ObsID is fetched or
-    cached (404s are reported: those ObsIDs will be `no_data`), 1 when any
-    failed. A local archive root needs nothing.
+    404s are reported as `missing` (those ObsIDs will be `no_data`); the result
+    is not ok when any ObsID failed. A local archive root needs nothing.
+    `progress` shows a line on `stream` (stderr by default) while it runs.
     """
-    out = stream if stream is not None else sys.stderr
     root = config.archive.root
-    if not is_remote_root(root):
-        print("archive.root is local; nothing to fetch", file=out)
-        return 0
     rows = manifest.rows_for_task(task) if task is not None else list(manifest.rows)
+    if not is_remote_root(root):
+        return FetchResult(len(rows), {}, 0, 0, None)
     paths = RunPaths(config.run_dir)
     cache = config.archive.cache or paths.cache_dir
-    tally = _Tally(len(rows), out)
+    tally = _Tally(len(rows), stream if stream is not None else sys.stderr, progress)
     archive = RemoteArchive(root, cache, progress=tally.transfers, s3=config.archive.s3)
     extractor = make_extractor(ExtractContext(config, paths, archive))
     log.info("fetching what the %s backend reads for %d ObsIDs from %s into %s", config.extract.backend, len(rows),
              archive.location, archive.cache_dir)
     outcomes = _run_fetches(archive, extractor, rows, tally)
     archive.raise_if_root_empty()  # one line for a wrong root, not one "failed" per ObsID
-    for o in outcomes:
-        if o.state in ("missing", "failed"):
-            print(f"  {o.obsid} {o.state}: {' '.join(o.error.split())}", file=out)
-    c = tally.counts
-    print(
-        f"fetch: {len(rows)} ObsIDs: {c['fetched']} fetched ({_size(tally.transfers.total_bytes)}), "
-        f"{c['cached']} cached, {c['missing']} missing (404), {c['failed']} failed; cache {archive.cache_dir}",
-        file=out,
-    )
-    return 1 if c["failed"] else 0
+    problems = tuple(FetchProblem(o.obsid, o.state, o.error) for o in outcomes if o.state in ("missing", "failed"))
+    return FetchResult(len(rows), dict(tally.counts), tally.transfers.total_bytes, sum(o.files for o in outcomes),
+                       archive.cache_dir, problems)
 
 
 def _run_fetches(archive: RemoteArchive, extractor: Extractor, rows: list[ManifestRow], tally: _Tally) -> list[FetchOutcome]:

@@ -21,8 +21,8 @@ from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.progress import ProgressLine
 from rxte_hpc.core.scratch import candidate_roots, reap_stale
 from rxte_hpc.core.status import effective_state, read_record, write_record
-from rxte_hpc.run.pool import Done, Lost, WorkerPool
-from rxte_hpc.run.preflight import preflight
+from rxte_hpc.run.pool import Done, Lost, WorkerPool, WorkerSetup
+from rxte_hpc.run.preflight import Checked, preflight
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,21 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_count(workers: int | None, n_tasks: int) -> int:
+    """How many worker processes a run starts: as asked (default: the CPUs available), at most one per task."""
+    return max(1, min(workers or default_workers(), n_tasks))
+
+
 def run_local(config: Config, manifest: Manifest, *, workers: int | None = None, force: bool = False,
-              progress: bool = True) -> dict[str, int]:
+              progress: bool = True, checked: Checked | None = None) -> dict[str, int]:
     """Run every task on `workers` processes; return counts of final ObsID states.
 
     `progress`: a bar on a terminal, sparse lines elsewhere, on stderr (the
     CLI's; the Python API passes False unless asked).
 
     Checks everything checkable first (`preflight`: UsageError, nothing
-    written). A signal (SIGINT/SIGTERM) stops the handing out of tasks at
+    written), unless the caller did (`checked`); the workers get the parsed
+    config, the manifest and that result, and check nothing again. A signal (SIGINT/SIGTERM) stops the handing out of tasks at
     once and is passed on to the busy workers, which record their ObsIDs in
     flight as `interrupted` and clean their scratch; then Interrupted is
     raised (exit 128 + signal). A second signal kills the workers at once.
@@ -58,8 +64,9 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
     tasks (the others would meet it too); the busy ones finish, and the error
     is raised as one line (SiteError, exit 1). `rerun`/`run` does the rest.
     """
-    preflight(config, manifest)
-    workers = max(1, min(workers or default_workers(), manifest.n_tasks))
+    if checked is None:
+        checked = preflight(config, manifest)
+    workers = worker_count(workers, manifest.n_tasks)
     tasks = list(range(manifest.n_tasks))
     counts: dict[str, int] = {}
     tally = {"obsids": 0, "failed": 0}
@@ -95,7 +102,7 @@ def run_local(config: Config, manifest: Manifest, *, workers: int | None = None,
         add(record_lost(config, manifest, paths, gone))
         reap_dead_scratch(config)
 
-    pool = WorkerPool(workers, config.path, paths.root, force=force)
+    pool = WorkerPool(workers, WorkerSetup(config, manifest, checked, force))
     log.info("running %d tasks (%d ObsIDs) on %d local workers", len(tasks), len(manifest.rows), workers)
     try:
         pool.run(tasks, on_done, on_lost)

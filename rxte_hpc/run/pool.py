@@ -15,8 +15,14 @@ SIGTERM from the kernel if the parent dies (`procs.die_with_parent`), so they
 record their ObsID in flight even when `run` itself is killed. A worker that
 dies is reported to the caller with the task it held (`Lost`) and replaced.
 
+The parent parses the config and the manifest and runs the preflight once;
+each worker receives them (`WorkerSetup`, pickled) as the first thing on its
+stdin instead of parsing them again (at 100,000 ObsIDs a manifest takes most of
+a second to read). The pickle comes from the parent over a private pipe, never
+from a file, so it is as trusted as the parent's own memory.
+
 The worker side is this module run as a program:
-    python -m rxte_hpc.run.pool CONFIG RUN_DIR RESULT_FD [--force] [--log-level N]
+    python -m rxte_hpc.run.pool RESULT_FD [--log-level N]
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import selectors
 import signal
 import subprocess
@@ -33,10 +40,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
+from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import Interrupted, RxteError, SiteError
+from rxte_hpc.core.manifest import Manifest
 from rxte_hpc.core.procs import die_with_parent
+from rxte_hpc.run.preflight import Checked
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,21 @@ class Lost:
         return f"local worker pid {self.pid} {why} during task {self.task}"
 
 
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What every worker of a run needs, parsed and checked once by the parent."""
+
+    config: Config
+    manifest: Manifest
+    checked: Checked
+    force: bool = False
+
+    def to_bytes(self) -> bytes:
+        """`<length>\\n<pickle>`: what the worker reads first from its stdin."""
+        data = pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        return f"{len(data)}\n".encode() + data
+
+
 @dataclass
 class _Worker:
     proc: subprocess.Popen
@@ -94,10 +119,9 @@ def _now() -> str:
 class WorkerPool:
     """`n` worker processes for one run; `run(tasks)` hands them out and reports each end as it happens."""
 
-    def __init__(self, n: int, config_path: Path, run_dir: Path, *, force: bool = False) -> None:
+    def __init__(self, n: int, setup: WorkerSetup) -> None:
         self.n = max(1, n)
-        self._argv = [str(config_path), str(run_dir)]
-        self._force = force
+        self._setup = setup.to_bytes()
         self._workers: list[_Worker] = []
         self._selector = selectors.DefaultSelector()
         self.stop_signal: int | None = None
@@ -120,9 +144,7 @@ class WorkerPool:
         read_fd, write_fd = os.pipe()
         level = logging.getLogger("rxte_hpc").getEffectiveLevel()
         level = level if level <= logging.DEBUG else max(level, logging.WARNING)  # task chatter only with -v
-        argv = [sys.executable, "-m", "rxte_hpc.run.pool", *self._argv, str(write_fd), "--log-level", str(level)]
-        if self._force:
-            argv.append("--force")
+        argv = [sys.executable, "-m", "rxte_hpc.run.pool", str(write_fd), "--log-level", str(level)]
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, pass_fds=(write_fd,), env=self._env(), start_new_session=True,
@@ -134,6 +156,12 @@ class WorkerPool:
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)
+        assert proc.stdin is not None
+        try:  # the worker reads this first, before its imports, so the write does not wait long
+            proc.stdin.write(self._setup)
+            proc.stdin.flush()
+        except OSError:  # it died at start: its end-of-file on the result pipe reports it
+            pass
         worker = _Worker(proc, read_fd)
         self._selector.register(read_fd, selectors.EVENT_READ, worker)
         self._workers.append(worker)
@@ -288,13 +316,23 @@ def _send_line(out: int, message: dict) -> None:
         data = data[os.write(out, data):]
 
 
+def _read_setup(stdin: BinaryIO) -> "WorkerSetup":
+    header = stdin.readline()
+    if not header.strip().isdigit():
+        raise SiteError("local worker: no run setup on stdin (started by hand? it is started by `rxte-hpc run`)")
+    setup = pickle.loads(stdin.read(int(header)))
+    # Run as a program this module is __main__; the parent pickled the class of rxte_hpc.run.pool.
+    from rxte_hpc.run.pool import WorkerSetup as Pickled
+
+    if not isinstance(setup, Pickled):
+        raise SiteError(f"local worker: stdin held a {type(setup).__name__}, not a run setup")
+    return setup
+
+
 def worker_main(argv: Iterable[str] | None = None) -> int:
-    """One pool worker: read task numbers from stdin until it closes, run each, report each."""
+    """One pool worker: read the run's setup, then task numbers from stdin until it closes; run and report each."""
     parser = argparse.ArgumentParser(prog="python -m rxte_hpc.run.pool")
-    parser.add_argument("config", type=Path)
-    parser.add_argument("run_dir", type=Path)
     parser.add_argument("result_fd", type=int)
-    parser.add_argument("--force", action="store_true")
     parser.add_argument("--log-level", type=int, default=logging.WARNING)
     args = parser.parse_args(list(argv) if argv is not None else None)
     handler = logging.StreamHandler(sys.stderr)
@@ -303,21 +341,18 @@ def worker_main(argv: Iterable[str] | None = None) -> int:
     root.addHandler(handler)
     root.setLevel(args.log_level)
 
-    from rxte_hpc.core.config import load_config
-    from rxte_hpc.core.manifest import read_manifest
-    from rxte_hpc.core.paths import RunPaths
     from rxte_hpc.run.signals import interrupt_on_signals
     from rxte_hpc.run.worker import run_task
 
+    stdin = sys.stdin.buffer
     try:
         with interrupt_on_signals():
-            config = load_config(args.config)
-            manifest = read_manifest(RunPaths(args.run_dir).manifest)
+            setup = _read_setup(stdin)
             _send_line(args.result_fd, {"ready": os.getpid()})
-            while line := sys.stdin.readline():
+            while line := stdin.readline():
                 task = int(line)
                 try:
-                    records = run_task(config, manifest, task, force=args.force)
+                    records = run_task(setup.config, setup.manifest, task, force=setup.force, checked=setup.checked)
                 except RxteError as exc:
                     _send_line(args.result_fd, {"task": task, "error": str(exc), "exit_code": exc.exit_code})
                     continue
@@ -325,7 +360,7 @@ def worker_main(argv: Iterable[str] | None = None) -> int:
     except Interrupted as stop:
         return stop.exit_code
     except RxteError as exc:
-        print(f"rxte-hpc worker: error: {exc}", file=sys.stderr)
+        log.error("local worker: %s", exc)
         return exc.exit_code
     return 0
 

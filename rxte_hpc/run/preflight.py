@@ -1,44 +1,70 @@
-"""Everything that can be checked before a task runs, checked before any task runs.
+"""Everything that can be checked before a task runs, checked once per command, before any task runs.
 
 `run`, `submit`, `work` and MPI rank 0 call `preflight(config, manifest)`
 before writing a single record: a problem found here would otherwise fail
 every ObsID the same way (and under Slurm only after queueing). Each problem
-is a UsageError (exit 2) whose one line names the configuration key.
+is a UsageError (exit 2) whose one line names the configuration key. The
+checks open no archive, download nothing and write nothing.
 
-Checked: the backend can run here (`Extractor.check_available`: HEASoft,
-prepared products, PCU/layer lists, the filter expression), and every keV
-band converts to channels in every PCA gain epoch the manifest's ObsIDs fall
-in (a band valid in epoch 5 can reach above the PCA range in epoch 1).
-The rest of the configuration (band shapes, hardness pairs) is checked when it
-is loaded.
+Checked: the run directory's plan is this config's (`plan.planner.check_run_dir`),
+the backend can run here (`Extractor.check_available`: HEASoft, PCU/layer
+lists, the filter expression), and every keV band converts to channels in
+every PCA gain epoch the manifest's ObsIDs fall in (a band valid in epoch 5
+can reach above the PCA range in epoch 1). The rest of the configuration
+(band shapes, hardness pairs, product names) is checked when it is loaded.
+
+What passes is a `Checked`, which the executors hand to their task runners
+(pool workers and MPI ranks included) instead of checking again per task.
 """
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
 from rxte_hpc.core.config import BandConfig, Config
 from rxte_hpc.core.errors import UsageError
-from rxte_hpc.core.manifest import Manifest
-from rxte_hpc.extract import Extractor, check_backend
+from rxte_hpc.core.manifest import Manifest, check_run_dir
+from rxte_hpc.extract import ExtractContext, Extractor, check_backend, make_extractor
+from rxte_hpc.fits.lcfile import RXTE_TIMEREF, SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
 
-#: RXTE MET zero (MJDREF, TT) in days; epochs are looked up a little either side of each time
-#: so that the TT/UTC difference (about a minute) can only add an epoch to the check, never miss one.
-_MJDREF = 49353.000696574074
+#: Epochs are looked up a little either side of each time so that the TT/UTC difference (about a minute)
+#: can only add an epoch to the check, never miss one.
 _MARGIN_DAYS = 0.002
 
 
-def preflight(config: Config, manifest: Manifest | None = None, extractor: Extractor | None = None) -> None:
-    """Raise UsageError (naming the key) when the configuration cannot work for this manifest here."""
-    if extractor is None:
-        extractor = check_backend(config)
-    else:
-        extractor.check_available()
+@dataclass(frozen=True)
+class Checked:
+    """Proof that the preflight passed for one config (by its hash) and one plan (by its manifest's task count).
+
+    Executors pass it to `TaskRunner`, which then skips the checks; it is
+    small and picklable, so the pool sends it to its workers.
+    """
+
+    config_hash: str
+    backend: str
+    n_tasks: int | None
+
+
+def preflight(config: Config, manifest: Manifest | None = None, *, backend_checked: bool = False,
+              factory: Callable[[ExtractContext], Extractor] = make_extractor) -> Checked:
+    """Raise UsageError (naming the key) when the configuration cannot work for this manifest here.
+
+    `backend_checked`: the caller already ran `check_backend` (before planning, so that a TAP query is not
+    made for a backend that cannot run), so only the manifest's part is checked here.
+    """
+    if manifest is not None:
+        check_run_dir(config, manifest)
+    if not backend_checked:
+        check_backend(config, factory)
     check_manifest_bands(config, manifest)
+    log.debug("preflight passed: %s backend, %s", config.extract.backend,
+              "no manifest" if manifest is None else f"{len(manifest.rows)} ObsIDs")
+    return Checked(config.hash(), config.extract.backend, None if manifest is None else manifest.n_tasks)
 
 
 def check_manifest_bands(config: Config, manifest: Manifest | None) -> None:
@@ -72,7 +98,7 @@ def _epoch_at(mjd: float, every: Sequence[int]) -> int:
     from rxte_hpc.extract import std2
 
     try:
-        return std2.gain_epoch((mjd - _MJDREF) * 86400.0)
+        return std2.gain_epoch((mjd - RXTE_TIMEREF.mjdref) * SECONDS_PER_DAY)
     except DataError:  # before launch: a wrong time, reported by the worker; check the first epoch
         return every[0]
 

@@ -29,7 +29,7 @@ from rxte_hpc.core.manifest import Manifest, ManifestRow
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.scratch import Workspace, task_workspace
 from rxte_hpc.core.scratch import kill_tools_of
-from rxte_hpc.run.preflight import preflight
+from rxte_hpc.run.preflight import Checked, preflight
 from rxte_hpc.run.signals import interrupt_on_signals, on_second_signal
 from rxte_hpc.core.status import StatusRecord, is_done, read_record, write_record
 
@@ -118,8 +118,10 @@ class TaskRunner:
         *,
         force: bool = False,
         extractor_factory: Callable[[ExtractContext], Extractor] = make_extractor,
+        checked: Checked | None = None,
     ) -> None:
         self.config = config
+        self.checked = checked  # the executor's preflight; None: this runner checks before anything is written
         self.manifest = manifest
         self.identity = identity
         self.force = force
@@ -135,9 +137,10 @@ class TaskRunner:
 
     def __enter__(self) -> "TaskRunner":
         try:
+            if self.checked is None:  # before anything is written (and before the archive is opened)
+                self.checked = preflight(self.config, self.manifest, factory=self._extractor_factory)
             context = ExtractContext(self.config, self.paths, open_archive(self.config, self.paths))
             self.extractor = self._extractor_factory(context)
-            preflight(self.config, self.manifest, self.extractor)  # before anything is written
             with site_errors("create the run directory's folders"):
                 self.paths.make_dirs()
             self._stack.enter_context(interrupt_on_signals())
@@ -376,6 +379,7 @@ def run_task(
     slurm_job: str | None = None,
     rank: int | None = None,
     extractor_factory: Callable[[ExtractContext], Extractor] = make_extractor,
+    checked: Checked | None = None,
 ) -> list[StatusRecord]:
     """What array element `task` runs (and `work --task`): every ObsID of the task."""
     rows = manifest.rows_for_task(task)
@@ -385,5 +389,6 @@ def run_task(
         if all(is_done(rec, paths, config_hash) for rec in existing):
             return [rec for rec in existing if rec is not None]
     identity = WorkerIdentity.for_task(task, slurm_job=slurm_job, rank=rank)
-    with TaskRunner(config, manifest, identity, force=force, extractor_factory=extractor_factory) as runner:
+    with TaskRunner(config, manifest, identity, force=force, extractor_factory=extractor_factory,
+                    checked=checked) as runner:
         return [runner.process(row) for row in rows]

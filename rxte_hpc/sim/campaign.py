@@ -5,30 +5,15 @@ simulated archive that does not exist yet reads them from here and writes nothin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from rxte_hpc.core.manifest import Observation
 from rxte_hpc.core.obsid import ObsID
 from rxte_hpc.sim.prepared import TIMEDEL
 
 TARGET_NAME = "ETA_CAR"
 TARGET_RA, TARGET_DEC = 161.2647, -59.6844
 FIRST_MJD, LAST_MJD = 50200.0, 55900.0  # 1996-04 .. 2011-12
-
-
-@dataclass(frozen=True)
-class SimObs:
-    """One simulated pointing, as xtemaster lists it."""
-
-    obsid: ObsID
-    cycle: int
-    prnb: int
-    target_name: str
-    time_mjd: float
-    exposure_s: float
-    ra: float
-    dec: float
 
 
 BROKEN_KINDS = {
@@ -64,8 +49,8 @@ def _exposures(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.round(exp / TIMEDEL) * TIMEDEL
 
 
-def campaign(n_obs: int, seed: int) -> list[SimObs]:
-    """The ObsIDs, dates and exposures of an Eta-Carinae-like monitoring campaign."""
+def campaign(n_obs: int, seed: int) -> list[Observation]:
+    """The ObsIDs, dates and exposures of an Eta-Carinae-like monitoring campaign, as xtemaster would list them."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     mjds = np.sort(rng.uniform(FIRST_MJD, LAST_MJD, n_obs))
     exposures = _exposures(rng, n_obs)
@@ -77,24 +62,24 @@ def campaign(n_obs: int, seed: int) -> list[SimObs]:
         j = counters.get(prnb, 0)
         counters[prnb] = j + 1
         obsid = ObsID(f"{prnb:05d}-01-{j // 100:02d}-{j % 100:02d}")
-        out.append(SimObs(obsid, cycle, prnb, TARGET_NAME, round(float(mjd), 6), float(exposure), TARGET_RA, TARGET_DEC))
+        out.append(Observation(obsid, cycle, TARGET_NAME, round(float(mjd), 6), float(exposure), TARGET_RA, TARGET_DEC))
     return out
 
 
-def _broken_obs(observations: list[SimObs]) -> list[tuple[SimObs, str]]:
+def _broken_obs(observations: list[Observation]) -> list[tuple[Observation, str]]:
     extra = []
     for i, kind in enumerate(BROKEN_KINDS):
         mjd = 53000.0 + 111.0 * i
         cycle = cycle_of(mjd)
         obsid = ObsID(f"{proposal_of(cycle):05d}-02-{i:02d}-00")
-        extra.append((SimObs(obsid, cycle, obsid.prnb, TARGET_NAME, mjd, 1200.0, TARGET_RA, TARGET_DEC), kind))
+        extra.append((Observation(obsid, cycle, TARGET_NAME, mjd, 1200.0, TARGET_RA, TARGET_DEC), kind))
     return extra
 
 
 
-def planned_observations(n_obs: int, seed: int, with_broken: bool = False) -> list[tuple[SimObs, str | None]]:
+def planned_observations(n_obs: int, seed: int, with_broken: bool = False) -> list[tuple[Observation, str | None]]:
     """The ObsIDs `simulate_archive` would write, with the broken kind of each (None when good), writing nothing."""
-    work: list[tuple[SimObs, str | None]] = [(obs, None) for obs in campaign(n_obs, seed)]
+    work: list[tuple[Observation, str | None]] = [(obs, None) for obs in campaign(n_obs, seed)]
     if with_broken:
         work += _broken_obs([w[0] for w in work])
     return work

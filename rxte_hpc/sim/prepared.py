@@ -31,20 +31,20 @@ N_STD2 = 129
 LAYERS = (1, 2, 3)
 ANODES = tuple(f"X{layer}{side}" for layer in LAYERS for side in "LR")  # X1L X1R X2L ...
 CPIX = "(0~4),(5:53),(54~135;2),(136~237;3),(238~249;4),(250~255)"
-TIMEZERO = 3.37843167  # RXTE clock correction carried by raw files (RXTE-PCA.md Q4)
+TIMEZERO = 3.37843167  # RXTE clock correction carried by raw files (docs/science.md#time)
 TIMEDEL = 16.0
 #: pcadeadcalc2 propane rule: PCU0 / PCU1 rows at or after these raw Times are bad.
 PROPANE_LOSS_MET = {0: 201139200.0, 1: 409622400.0}
-#: Gain-epoch starts (MET), shared/data/pca_gain_epochs.csv; epoch 1 starts at launch.
+#: Gain-epoch starts (MET), rxte_hpc/data/pca_gain_epochs.csv; epoch 1 starts at launch.
 EPOCH_STARTS_MET = (70050782.0, 72227102.0, 164741824.0, 200793604.0)
 #: Linear gain per epoch fitted to the e-c table: upper energy edge of abs channel c = a*(c+1)+b.
 _GAIN = {1: (0.2567, 0.22), 2: (0.3067, 0.07), 3: (0.3533, 0.17), 4: (0.4178, 0.033), 5: (0.4056, 0.037)}
-#: VLE dead time per event for discriminator settings 0..3 (RXTE-PCA.md native spec item 9).
+#: VLE dead time per event for discriminator settings 0..3 (docs/science.md#dead-time).
 TAU_VLE = np.array([12e-6, 60e-6, 150e-6, 500e-6])
 TAU_EVENT = 10e-6
 #: Rate columns of the simulated Standard-2 files: the ones pcadeadcalc2 and pcabackest read.
 L7_RATES = ("X1LX1RCnt", "X2LX2RCnt", "X3LX3RCnt", "X1LX2LCnt", "X1RX2RCnt", "X2LX3LCnt", "X2RX3RCnt")
-#: Summed into RemainingCnt: of the 27 'other' rates (RXTE-PCA.md Q5) the files carry these.
+#: Summed into RemainingCnt: of the 27 'other' rates (docs/science.md#standard-2-data) the files carry these.
 REMAINING_RATES = ("Q6VxVpXeCnt",) + L7_RATES
 ALL_RATES = ("VLECnt", "VpX1LCnt", "VpX1RCnt") + REMAINING_RATES
 #: Mean counts/s per on PCU of the rate columns (the L7 coincidences scale with background).
@@ -208,7 +208,7 @@ def bad_rows(time_raw: np.ndarray, pcu_on: np.ndarray) -> np.ndarray:
 
 def dead_time_columns(xe_cnt: np.ndarray | float, vp_cnt: np.ndarray | float, remaining_cnt: np.ndarray | float,
                       vle_cnt: np.ndarray | float, vle_setting: np.ndarray | int, bad: np.ndarray) -> dict[str, np.ndarray]:
-    """pcadeadcalc2's per-PCU dead-time quantities (arrays (n, 5)), RXTE-PCA.md spec item 9."""
+    """pcadeadcalc2's per-PCU dead-time quantities (arrays (n, 5)), docs/science.md#dead-time."""
     on_time = np.where(bad, 0.0, TIMEDEL)
     tau = TAU_VLE[np.clip(np.asarray(vle_setting, dtype=int), 0, 3)]
     good = ~bad

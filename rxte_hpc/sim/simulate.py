@@ -25,10 +25,11 @@ from astropy.io import fits
 from astropy.table import Table
 
 from rxte_hpc.core.errors import NoDataError
+from rxte_hpc.core.manifest import Observation
 from rxte_hpc.fits.writer import Col, primary_bytes, table_bytes
 from rxte_hpc.fits.lcfile import RXTE_TIMEREF, LightCurve, lightcurve_hdulist, time_cards
 from rxte_hpc.sim.campaign import (
-    BROKEN_KINDS, FIRST_MJD, LAST_MJD, TARGET_DEC, TARGET_NAME, TARGET_RA, SimObs, campaign, cycle_of, planned_observations,
+    BROKEN_KINDS, FIRST_MJD, LAST_MJD, TARGET_DEC, TARGET_NAME, TARGET_RA, campaign, cycle_of, planned_observations,
     proposal_of,
 )
 from rxte_hpc.sim.prepared import (
@@ -37,7 +38,7 @@ from rxte_hpc.sim.prepared import (
     expected_live_time, expected_source_rate, expected_spectra, prepare_obsid,
 )
 
-__all__ = ["SimObs", "SimArchive", "campaign", "simulate_archive", "prepare_obsid", "expected_source_rate",
+__all__ = ["SimArchive", "campaign", "simulate_archive", "prepare_obsid", "expected_source_rate",
            "expected_background_rate", "main_summary"]
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class SimArchive:
     """What `simulate_archive` wrote; `broken` maps ObsID text to what is wrong with it."""
 
     root: Path
-    observations: tuple[SimObs, ...]
+    observations: tuple[Observation, ...]
     broken: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
@@ -70,7 +71,7 @@ class _Timeline:
     vle: np.ndarray  # (n, 5) VLE discriminator setting
 
 
-def _timeline(obs: SimObs, rng: np.random.Generator, kind: str | None) -> _Timeline:
+def _timeline(obs: Observation, rng: np.random.Generator, kind: str | None) -> _Timeline:
     start = int((obs.time_mjd - RXTE_TIMEREF.mjdref) * 86400.0)
     n_win = max(1, int(np.ceil(obs.exposure_s / VISIBLE_S)))
     win_len = obs.exposure_s / n_win + 3 * TIMEDEL
@@ -138,7 +139,7 @@ def _date_time(met: float) -> tuple[str, str]:
     return when.strftime("%d/%m/%y"), when.strftime("%H:%M:%S")
 
 
-def _common(obs: SimObs) -> list[tuple]:
+def _common(obs: Observation) -> list[tuple]:
     return [("TELESCOP", "XTE", "mission name"), ("INSTRUME", "PCA", "instrument"),
             ("OBS_ID", str(obs.obsid), "observation ID"), ("OBJECT", obs.target_name, "target name"),
             ("RA_OBJ", obs.ra, "[deg] target right ascension"), ("DEC_OBJ", obs.dec, "[deg] target declination"),
@@ -149,7 +150,7 @@ def _time(tstart: float, tstop: float, timedel: float | None = TIMEDEL) -> list[
     return time_cards(RXTE_TIMEREF, tstart=tstart, tstop=tstop, timezero=TIMEZERO, timedel=timedel)
 
 
-def _fmi(obs: SimObs, start: float, stop: float) -> bytes:
+def _fmi(obs: Observation, start: float, stop: float) -> bytes:
     d0, t0 = _date_time(start)
     d1, t1 = _date_time(stop)
     cols = [
@@ -166,7 +167,7 @@ def _fmi(obs: SimObs, start: float, stop: float) -> bytes:
     return primary_bytes(cards) + table_bytes("XTE_MI", cols, cards)
 
 
-def _hk_file(obs: SimObs, tl: _Timeline, pcu: int) -> bytes:
+def _hk_file(obs: Observation, tl: _Timeline, pcu: int) -> bytes:
     keep = ~tl.null_rows
     on = tl.pcu_on[keep, pcu].astype(np.uint8)
     cols = [Col("Time", "D", tl.time_raw[keep], "s")]
@@ -186,7 +187,7 @@ def _gti_intervals(times: np.ndarray) -> np.ndarray:
     return np.column_stack([starts, stops])
 
 
-def _std2_file(obs: SimObs, tl: _Timeline, rows: np.ndarray, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
+def _std2_file(obs: Observation, tl: _Timeline, rows: np.ndarray, rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
     """One gzipped Standard-2 file for `rows` of the timeline, and its (n, 5, 6, 129) spectra."""
     time_raw = tl.time_raw[rows]
     t_abs = time_raw + TIMEZERO
@@ -229,7 +230,7 @@ def _std2_file(obs: SimObs, tl: _Timeline, rows: np.ndarray, rng: np.random.Gene
     return _gz(data), counts
 
 
-def _filter_file(obs: SimObs, tl: _Timeline) -> bytes:
+def _filter_file(obs: Observation, tl: _Timeline) -> bytes:
     nul = tl.null_rows
     t_abs = tl.time_raw + TIMEZERO
 
@@ -254,7 +255,7 @@ def _filter_file(obs: SimObs, tl: _Timeline) -> bytes:
     return _gz(primary_bytes(cards) + table_bytes("XTE_MKF", cols, ext))
 
 
-def _stdprod(obs: SimObs, tl: _Timeline, std2_rows: np.ndarray, counts: np.ndarray) -> bytes | None:
+def _stdprod(obs: Observation, tl: _Timeline, std2_rows: np.ndarray, counts: np.ndarray) -> bytes | None:
     """`xp<obsid>_n2a.lc.gz` as HEASARC made them (the real ones' headers and HISTORY, tests/data): layer 1
     of the PCUs on throughout (ROWIDn), no dead-time correction (DEADAPP = F), background subtracted, rescaled
     by `fcalc RATE * f` (about 1/NPCU in the real files, exactly 1/NPCU here): net count/s per PCU, not per live PCU.
@@ -297,7 +298,7 @@ def _stdprod(obs: SimObs, tl: _Timeline, std2_rows: np.ndarray, counts: np.ndarr
 
 
 # ---------------------------------------------------------------- one ObsID
-def _truth_row(obs: SimObs, tl: _Timeline) -> dict:
+def _truth_row(obs: Observation, tl: _Timeline) -> dict:
     rows = tl.std2_rows
     t_abs = tl.time_raw[rows] + TIMEZERO
     bad = bad_rows(tl.time_raw[rows], tl.pcu_on[rows])
@@ -309,7 +310,7 @@ def _truth_row(obs: SimObs, tl: _Timeline) -> dict:
             "pcus_good": ",".join(str(p) for p in range(N_PCU) if (~bad[:, p]).any())}
 
 
-def _simulate_one(root: Path, obs: SimObs, seed: int, index: int, kind: str | None) -> dict:
+def _simulate_one(root: Path, obs: Observation, seed: int, index: int, kind: str | None) -> dict:
     """Write one ObsID's raw files and prepared products; returns its truth row."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, index]))
     tl = _timeline(obs, rng, kind)
@@ -382,7 +383,7 @@ def _simulate_star(job: tuple) -> dict:
     return _simulate_one(*job)
 
 
-def _write_master(path: Path, observations: tuple[SimObs, ...], seed: int) -> None:
+def _write_master(path: Path, observations: tuple[Observation, ...], seed: int) -> None:
     """xtemaster rows; plus off-target and zero-exposure rows a planner must drop."""
     rows = [(o.target_name, o.cycle, o.prnb, o.obsid.short, o.time_mjd, o.exposure_s, o.ra, o.dec) for o in observations]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))

@@ -35,7 +35,7 @@ def Downloader(url: str, cache: Path, policy: DownloadPolicy = FAST, progress=No
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
-    """A tiny ObsID tree in the archive's layout (RXTE-PCA.md Q1)."""
+    """A tiny ObsID tree in the archive's layout (docs/science.md#the-archive)."""
     return write_tree(
         tmp_path / "archive",
         {

@@ -155,10 +155,12 @@ def test_fetch_prestages_then_a_run_works_with_the_server_stopped(sim, tmp_path,
         before = len(server.log)
         config = load_config(cfg)
         terminal = _Terminal()
-        assert fetch_command(config, read_manifest(RunPaths(config.run_dir).manifest), stream=terminal) == 0
+        result = fetch_command(config, read_manifest(RunPaths(config.run_dir).manifest), stream=terminal, progress=True)
+        assert result.exit_code == 0 and result.counts["cached"] == len(good) and result.nbytes == 0
         assert len(server.log) == before  # everything came from the cache: not one request
         text = terminal.getvalue()
-        assert text.startswith("\r[") and f"{len(good)} cached, 0 missing (404), 0 failed" in text
+        assert text.startswith("\r[") and f"{len(good)} cached, 0 missing, 0 failed" in text  # the progress bar
+        assert f"{len(good)} cached, 0 missing (404), 0 failed" in result.lines()[-1]
     assert main(["run", str(cfg), "--workers", "2"]) == 0
     for obsid in good:
         assert read_record(RunPaths(config.run_dir), obsid).state == "done"

@@ -108,3 +108,75 @@ def test_cli_reports_config_error_in_one_line_exit_2(tmp_path, capsys):
 def test_cli_missing_config_file_exit_2(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the one serializer (submission snapshots)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "etacar.yaml", "etacar-https.yaml"])
+def test_a_dumped_config_loads_as_the_same_config_from_any_folder(tmp_path, name):
+    import dataclasses
+
+    from rxte_hpc.core.configio import dump_config
+
+    shipped = load_config(REPO / "configs" / name)
+    (tmp_path / "elsewhere").mkdir()
+    again = load_config(write(tmp_path / "elsewhere", dump_config(shipped)))
+    assert dataclasses.replace(again, path=shipped.path) == shipped
+    assert again.hash() == shipped.hash()
+
+
+def test_dumped_bands_targets_and_paths_round_trip(tmp_path):
+    import dataclasses
+
+    from rxte_hpc.core.configio import dump_config
+
+    (tmp_path / "a").mkdir()
+    p = write(tmp_path / "a", "run_dir: r\nscratch: {root: s}\nextract: {bands: {soft: [2, 4], hard: {chmin: 11, chmax: 20}}}\n"
+                              "gather: {hardness: [[hard, soft]]}\n"
+                              "targets: [{name: eta car, ra: 161.26, dec: -59.68}, {name: 'wr 140', ra: 305.1, dec: 43.85}]\n")
+    cfg = load_config(p)
+    (tmp_path / "b").mkdir()
+    again = load_config(write(tmp_path / "b", dump_config(cfg)))
+    assert dataclasses.replace(again, path=cfg.path) == cfg
+    assert again.run_dir == tmp_path / "a" / "r" and again.scratch.root == tmp_path / "a" / "s"
+
+
+def test_config_error_carries_the_file_as_a_field(tmp_path):
+    from rxte_hpc import ConfigError as Exported
+
+    p = write(tmp_path, "run_dir: r\nextract: {backend: bogus}\n")
+    with pytest.raises(Exported) as caught:
+        load_config(p)
+    assert caught.value.path == str(p) and caught.value.exit_code == 2
+
+
+# ------------------------------------------------------------------ product names cannot collide
+
+
+@pytest.mark.parametrize("gather, both", [
+    ("{output: manifest.ecsv}", ["gather.output", "'manifest.ecsv'"]),
+    ("{output: products.ecsv}", ["gather.output", "'products.ecsv'"]),
+    ("{plot: status}", ["gather.plot", "'status'"]),
+    ("{output: lc}", ["gather.output", "'lc'"]),
+    ("{output: slurm}", ["gather.output", "'slurm'"]),
+    ("{plot: exposure.png}", ["gather.plot", "'exposure.png'"]),
+    ("{output: x.png, plot: x.png}", ["gather.output", "gather.plot", "'x.png'"]),
+])
+def test_gather_names_that_collide_with_the_run_directory_or_each_other_are_refused(tmp_path, gather, both):
+    p = write(tmp_path, f"run_dir: r\ngather: {gather}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(p)
+    assert all(b in str(caught.value) for b in both), str(caught.value)
+    assert str(p) in str(caught.value)
+
+
+def test_derived_band_and_hardness_names_are_checked_too(tmp_path):
+    # merged_soft.lc is the soft band's file: a plot of that name would overwrite it
+    p = write(tmp_path, "run_dir: r\nextract: {bands: {soft: [2, 4], hard: [4, 9]}}\ngather: {plot: merged_soft.lc}\n")
+    with pytest.raises(ConfigError, match=r"gather\.plot and gather\.output \(band soft\) both name the file 'merged_soft.lc'"):
+        load_config(p)
+    p = write(tmp_path, "run_dir: r\nextract: {bands: {soft: [2, 4], hard: [4, 9]}}\n"
+                        "gather: {hardness: [[hard, soft]], plot: hardness_hard_soft.fits}\n")
+    with pytest.raises(ConfigError, match=r"gather\.plot and gather\.hardness \[hard, soft\]"):
+        load_config(p)

@@ -178,3 +178,15 @@ def test_target_column_round_trips_and_is_absent_for_one_target(tmp_path):
     assert "target_name" in (tmp_path / "one.ecsv").read_text()
     assert " target " not in _data_lines(tmp_path / "one.ecsv")[0] + " "
     assert read_manifest(tmp_path / "one.ecsv").targets == ()
+
+
+def test_manifest_errors_carry_the_file_as_a_field(tmp_path):
+    missing = tmp_path / "run" / "manifest.ecsv"
+    with pytest.raises(UsageError) as caught:
+        read_manifest(missing)
+    assert caught.value.path == str(missing)
+    broken = tmp_path / "manifest.ecsv"
+    broken.write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: obsid, datatype: string}\nobsid\nnot-an-obsid\n")
+    with pytest.raises(DataError) as caught:
+        read_manifest(broken)
+    assert caught.value.path == str(broken) and caught.value.exit_code == 1

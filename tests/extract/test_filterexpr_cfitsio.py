@@ -133,7 +133,7 @@ def _check(path: Path, expr: str) -> str:
 HAND_PICKED = [
     # The two examples: integer division in CFITSIO.
     "NUM_PCU_ON/2 > 1", "NUM_PCU_ON/2 == 1",
-    # HEASARC's notebooks (RXTE-PCA.md Q3).
+    # HEASARC's notebooks (docs/science.md#good-time-maketime).
     "(ELV > 4) .AND. (OFFSET < 0.1) .AND. (NUM_PCU_ON > 0 .AND. NUM_PCU_ON < 6)",
     "(ELV > 4) && (OFFSET < 0.1) && (NUM_PCU_ON > 0) && .NOT. ISNULL(ELV) && (NUM_PCU_ON < 6)",
     "(ELV > 4) && (OFFSET < 0.1)", "ELV>4.and.OFFSET<0.1", "ELV > 10 && OFFSET < 0.02",

@@ -1,6 +1,6 @@
 """maketime in numpy: the filter-expression language, NULLs, fndssp intervals, GTI algebra, files.
 
-Expected values are worked out by hand from RXTE-PCA.md Q3 (fndssp, prefr/postfr,
+Expected values are worked out by hand from docs/science.md#good-time-maketime (fndssp, prefr/postfr,
 output format) and the native spec items 1 and 3.
 """
 from __future__ import annotations

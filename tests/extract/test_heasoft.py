@@ -5,7 +5,7 @@ written back, fcollect's `fname` read-back, exit 0 with "terminating with
 status -1", no prompting without a terminal), so these tests show the
 extractor's isolation and failure checks working, not just its happy path.
 The tests that differ by `extract.runner` run under both runners (heasoftpy
-from ../shared/vendor, installed by scripts/test-all.sh, and exec);
+installed by scripts/test-all.sh, and exec);
 test_heasoft_runners.py has what is runner-specific, test_heasoft_standin.py
 the stand-in itself.
 """
@@ -23,7 +23,7 @@ import yaml
 from astropy.io import fits
 from astropy.table import Table
 
-import heasoftpy  # noqa: F401  (installed from ../shared/vendor by scripts/test-all.sh: never skipped)
+import heasoftpy  # noqa: F401  (installed by scripts/test-all.sh: never skipped)
 from heasoftkit import ETACAR, STANDIN, FILTER, broken, extractor, good, obs_window, own_filter_file, par_values
 from heasoftkit import records, user_pfiles, workspace
 from rxte_hpc.core.config import load_config

@@ -1,4 +1,4 @@
-"""extract.runner: the heasoftpy runner (heasoftpy 1.5 from ../shared/vendor) and the exec runner.
+"""extract.runner: the heasoftpy runner (heasoftpy 1.5, installed by scripts/test-all.sh) and the exec runner.
 
 heasoftpy is imported at the top, unguarded: scripts/test-all.sh installs it
 with HEADAS at the stand-in, and if it cannot be built these tests fail, never

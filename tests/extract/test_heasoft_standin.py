@@ -2,7 +2,7 @@
 
 What is checked against something outside the stand-in: its syspfiles are
 HEASoft 6.20's own .par files, pcaprepobsid prints what real pcaprepobsid v1.3
-printed (../shared/fixtures/real-heasoft), and maketime computes with its own
+printed (tests/data/real-heasoft, with its provenance), and maketime computes with its own
 code (no rxte_hpc import), agreeing with the project's maketime rules.
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from astropy.io import fits
 
 from heasoftkit import FILTER, broken, good, records, standin_env, standin_run
 from rxte_hpc.sim.simulate import SimArchive
-from where import REPO, STANDIN
+from where import DATA, STANDIN
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "real-heasoft"
-#: Expressions HEASARC's notebooks pass to maketime (RXTE-PCA.md Q3).
+FIXTURES = DATA / "real-heasoft"
+#: Expressions HEASARC's notebooks pass to maketime (docs/science.md#good-time-maketime).
 NOTEBOOK_EXPRESSIONS = [
     FILTER,
     "(ELV > 4) .AND. (OFFSET < 0.1) .AND. (NUM_PCU_ON > 0 .AND. NUM_PCU_ON < 6)",

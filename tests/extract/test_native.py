@@ -1,6 +1,6 @@
 """The native extractor: pcaextlc2's rules on tiny hand-made files, then on the simulated archive.
 
-Hand-computed expectations follow RXTE-PCA.md "Native re-implementation spec"
+Hand-computed expectations follow docs/science.md#native
 items 1-8 (row selection start <= t < stop, file GTI AND user GTI, whole
 Standard-2 bins overlapping the band, negative/NULL skipped, RATE = C/L - Cb/Lb,
 bins anchored at the first file's TSTART + TIMEZERO). The simulated archive

@@ -1,6 +1,6 @@
 """Standard-2 channel maps, saextrct's overlap rule, keV -> channels and PCU/layer lists.
 
-Expectations are hand-derived from RXTE-PCA.md Q4/Q5; keV -> channels is
+Expectations are hand-derived from docs/science.md#standard-2-data; keV -> channels is
 checked against HEASARC's own 2-9 keV standard products in tests/data (their
 "CHMIN/CHMAX for filtering was" comments), with the worked examples of
 rxte_hpc/data/README.md only where no real product exists.
@@ -37,7 +37,7 @@ REAL_PRODUCT_CPIX = "0~4,5:53,(54~135;2),(136~237;3),(238~249;4),250~255"
 
 
 def _documented_lookup(s: int) -> tuple[int, int]:
-    """RXTE-PCA.md Q5's closed-form absolute range of Std2 bin s."""
+    """The closed-form (docs/science.md#standard-2-data) absolute range of Std2 bin s."""
     if s == 0:
         return 0, 4
     if s <= 49:
@@ -186,7 +186,7 @@ def test_epoch_4_is_the_known_one_channel_discrepancy_with_heasarcs_product() ->
 
 @pytest.mark.parametrize(("epoch", "pcu0", "channels"), [(1, False, (7, 33)), (2, False, (6, 28)), (5, True, (5, 20))])
 def test_2_to_9_kev_where_no_real_product_exists(epoch: int, pcu0: bool, channels: tuple[int, int]) -> None:
-    # The data README's worked examples (shared/data), for epochs and PCU0 without a product in tests/data.
+    # The data README's worked examples (rxte_hpc/data/README.md), for epochs and PCU0 without a product in tests/data.
     assert energy_to_channels(2.0, 9.0, epoch, pcu0=pcu0) == channels
 
 

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args.markers.mkdir(parents=True, exist_ok=True)
     try:
         return run_mpi(load_config(args.config), schedule=args.schedule,
-                       extractor_factory=slow_factory(args.markers, args.delay))
+                       extractor_factory=slow_factory(args.markers, args.delay),
+                       on_finish=lambda result: print("\n".join(result.lines()), flush=True)).exit_code
     except Interrupted as stop:
         print(f"rxte-hpc: interrupted by signal {stop.signum}", file=sys.stderr)
         return stop.exit_code

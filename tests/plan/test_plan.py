@@ -16,12 +16,15 @@ from astropy.io import fits
 from astropy.table import Table
 
 from rxte_hpc.plan import planner as planmod
-from rxte_hpc.core.config import config_from_mapping
+from rxte_hpc.core.config import config_from_mapping, load_config
+from rxte_hpc.core.status import read_record
+from where import REPO
 from rxte_hpc.core.errors import DataError, SiteError, UsageError
 from rxte_hpc.fits.lcfile import RXTE_TIMEREF
 from rxte_hpc.core.manifest import read_manifest
 from rxte_hpc.core.paths import RunPaths
-from rxte_hpc.plan.planner import describe_plan, plan, scan_archive, write_manifest
+from rxte_hpc.plan.describe import describe_plan
+from rxte_hpc.plan.planner import plan, scan_archive, write_manifest
 from rxte_hpc.products.plot import plot_exposure
 from rxte_hpc.plan.tap import adql_number, build_adql
 
@@ -335,3 +338,43 @@ def test_real_heasarc_eta_car(tmp_path):
     manifest = plan(cfg)
     assert 1000 < len(manifest.rows) < 2000
     assert manifest.meta["source"]["query_status"] == "OK"
+
+
+# ------------------------------------------------------------------ a run directory belongs to one plan
+
+
+def test_a_config_of_other_science_on_a_planned_run_dir_is_refused_before_anything_is_written(tmp_path, capsys):
+    import yaml
+
+    from rxte_hpc.cli import main
+
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw.update(run_dir=str(tmp_path / "run"), scratch={"root": str(tmp_path / "scratch")},
+               simulate={"n_obs": 4, "seed": 3}, tasks={"obs_per_task": 2})
+    first = tmp_path / "soft.yaml"
+    first.write_text(yaml.safe_dump(raw))
+    raw["extract"].update(chmin=11, chmax=20)
+    second = tmp_path / "hard.yaml"
+    second.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(first), "--workers", "1"]) == 0
+    run = RunPaths(tmp_path / "run")
+
+    def written():
+        return sorted((str(p), p.stat().st_mtime_ns) for p in run.root.rglob("*") if p.is_file())
+
+    assert main(["status", str(first)]) == 0  # a reader's caches (manifest, status index) exist from here on
+    before = written()
+    capsys.readouterr()
+    for command in (["run"], ["work", "--task", "0"], ["status"], ["gather"], ["submit", "--dry-run"], ["rerun", "--dry-run"]):
+        assert main([command[0], str(second), *command[1:]]) == 2, command
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        for named in (str(first), str(second), load_config(first).hash(), load_config(second).hash(),
+                      "channels 5-10", "channels 11-20", "another run_dir", "plan", "--force"):
+            assert named in err, (command, named, err)
+    assert written() == before  # nothing written, not even the status index
+    # the deliberate way: replan, and every ObsID is redone for the new config
+    assert main(["plan", str(second), "--force"]) == 0
+    assert main(["run", str(second), "--workers", "1"]) == 0
+    assert {r.config_hash for r in (read_record(run, o.obsid.text) for o in read_manifest(run.manifest).rows)} \
+        == {load_config(second).hash()}

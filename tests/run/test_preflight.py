@@ -128,3 +128,54 @@ def test_slurm_setup_is_empty_by_default(tmp_path):
     assert load_config(_config(tmp_path, "{backend: stdprod}")).slurm.setup == ()
     for name in ("etacar.yaml", "etacar-https.yaml"):  # the heasoft configs load HEASoft themselves
         assert "module load heasoft" in load_config(REPO / "configs" / name).slurm.setup
+
+
+# ------------------------------------------------------------------ checked once, without side effects
+
+
+def _demo(tmp_path: Path, n_obs: int = 6, **extract: object) -> Path:
+    import yaml
+
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw.update(run_dir=str(tmp_path / "run"), scratch={"root": str(tmp_path / "scratch")},
+               simulate={"n_obs": n_obs, "seed": 3}, tasks={"obs_per_task": 2})
+    raw["extract"].update(extract)
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
+def test_the_backend_check_opens_no_archive_and_writes_nothing(tmp_path):
+    """Opening the demo's archive would simulate it under run_dir; the check must not (nor create run_dir)."""
+    from rxte_hpc.extract import check_backend
+
+    check_backend(load_config(_demo(tmp_path)))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "scratch").exists()
+
+
+@pytest.mark.parametrize("command, n_tasks", [(["run", "--workers", "2"], 3), (["work", "--task", "1"], 1)])
+def test_preflight_runs_once_per_command_whatever_the_tasks_and_workers(tmp_path, command, n_tasks):
+    """Counted in the debug log of every process (the pool's workers log there too): one check per command."""
+    cfg = _demo(tmp_path)
+    if command[0] == "work":
+        assert _cli("plan", str(cfg)).returncode == 0
+    proc = _cli("-v", command[0], str(cfg), *command[1:])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("preflight passed") == 1, proc.stderr
+    assert proc.stderr.count("backend check passed") == 1, proc.stderr  # HEASoft, lists, filter: checked once
+    assert proc.stderr.count(": start on ") == n_tasks  # each task runner started, none of them checked again
+
+
+def test_pool_workers_parse_neither_config_nor_manifest(tmp_path):
+    """The workers get the parent's parsed config and manifest: with no config file and no manifest.ecsv on
+    disk at all, every task still runs."""
+    from rxte_hpc.plan.planner import plan
+    from rxte_hpc.run.local import run_local
+
+    path = _demo(tmp_path)
+    config = load_config(path)
+    manifest = plan(config)  # in memory (it simulates the archive under run_dir), nothing written
+    path.unlink()
+    assert not RunPaths(config.run_dir).manifest.exists()
+    counts = run_local(config, manifest, workers=2, progress=False)
+    assert counts == {"done": 6}

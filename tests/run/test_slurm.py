@@ -9,20 +9,24 @@ packages); under CI=true that is a failure instead. Jobs are watched by polling
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from rxte_hpc import Campaign
 from rxte_hpc.cli import main
 from rxte_hpc.core.config import config_from_mapping, load_config
 from rxte_hpc.core.errors import ConfigError, UsageError
 from rxte_hpc.core.manifest import read_manifest
 from rxte_hpc.core.paths import RunPaths
+from rxte_hpc.run.slurm.queue import SlurmRefused, SlurmUnreachable, slurm_failure
 from rxte_hpc.run.slurm.submit import array_task_from_env, parse_max_array_size, read_jobs, scheduler_states
 from rxte_hpc.run.slurm.render import (
     TEMPLATES,
@@ -249,10 +253,14 @@ def write_config(tmp_path: Path, archive: Path, **over: object) -> Path:
 @pytest.mark.slurm
 def test_live_chunked_arrays_then_gather(slurm_cluster, sim_archive, tmp_path, capsys):
     cfg_path = write_config(tmp_path, sim_archive)
-    assert main(["submit", str(cfg_path)]) == 0
+    result = Campaign.from_config(cfg_path).submit()  # the API: job ids returned, nothing printed
+    assert capsys.readouterr().out == ""
     run = tmp_path / "run"
     jobs = read_jobs(RunPaths(run))
     arrays = [j for j in jobs if j["kind"] == "array"]
+    assert result.job_ids == {"arrays": [j["job_id"] for j in arrays],
+                              "gather": next(j["job_id"] for j in jobs if j["kind"] == "gather")}
+    assert len(repr(result).splitlines()) == 1 and result.ok
     assert [(j["array"], j["offset"]) for j in arrays] == [("0-4", 0), ("0-4", 5), ("0-1", 10)]
     gather = [j for j in jobs if j["kind"] == "gather"]
     assert len(gather) == 1 and gather[0]["depends_on"] == [j["job_id"] for j in arrays]
@@ -418,15 +426,16 @@ def test_10000_tasks_with_max_array_size_1001_submit_as_capped_chunks(tmp_path, 
     cfg = config_from_mapping(
         {"run_dir": str(tmp_path / "run"), "slurm": {"setup": [], "throttle": 50}}, tmp_path / "c.yaml"
     )
-    monkeypatch.setattr(submit_mod, "query_max_array_size",
-                        lambda: submit_mod._LIMITS.update(MaxJobCount=10000) or 1001)
+    monkeypatch.setattr(submit_mod, "query_limits", lambda: submit_mod.Limits(1001, 10000, "from scontrol"))
     from rxte_hpc.core.manifest import Observation, build_manifest
     from rxte_hpc.core.obsid import ObsID
 
     obs = [Observation(ObsID(f"{10000 + i // 100:05d}-01-{i % 100:02d}-00"), 1, exposure_s=1.0) for i in range(10_000)]
     monkeypatch.setattr(submit_mod, "_manifest_for_submit", lambda config, dry_run: build_manifest(obs, 1, {}))
-    assert submit_mod.submit(cfg, dry_run=True) == 0
-    out = capsys.readouterr().out
+    result = submit_mod.submit(cfg, dry_run=True)
+    assert result.dry_run and result.exit_code == 0 and result.job_ids == {"arrays": [None] * 10, "gather": None}
+    out = "\n".join(result.lines())
+    assert capsys.readouterr() == ("", "")  # the API prints nothing
     calls = [line for line in out.splitlines() if line.startswith("sbatch --parsable --array=")]
     assert len(calls) == 10
     covered = []
@@ -576,13 +585,13 @@ def test_rerun_and_submit_dry_run_write_nothing_at_all(tmp_path, monkeypatch, ca
         return sorted((str(p), p.stat().st_mtime_ns) for p in paths.root.rglob("*"))
 
     def no_slurm():
-        raise submit_mod.SlurmError("no controller here")
+        raise SlurmUnreachable("no controller here")
 
-    monkeypatch.setattr(submit_mod, "query_max_array_size", no_slurm)
+    monkeypatch.setattr(submit_mod, "query_limits", no_slurm)
     before = snapshot()
-    assert submit_mod.rerun(cfg, dry_run=True) == 0
-    assert submit_mod.submit(cfg, dry_run=True) == 0
-    assert f"rerun {len(lost)} task(s): {', '.join(map(str, lost))}" in capsys.readouterr().out
+    rerun = submit_mod.rerun(cfg, dry_run=True)
+    assert submit_mod.submit(cfg, dry_run=True).dry_run
+    assert f"rerun {len(lost)} task(s): {', '.join(map(str, lost))}" in rerun.lines()
     assert snapshot() == before
     RunSummary.collect(read_manifest(paths.manifest), paths, cfg.hash())  # a real reader does write its caches
     assert paths.status_index.is_file() and paths.manifest_cache.is_file()
@@ -608,3 +617,125 @@ def test_live_demo_config_as_shipped_gives_its_merged_light_curve(slurm_cluster,
     assert (run / "merged.lc").is_file() and (run / "merged.png").is_file()
     capsys.readouterr()
     assert main(["status", str(cfg_path)]) == 0
+
+
+# ------------------------------------------------------------------ slurm.extra: owned options and their abbreviations
+
+
+@pytest.mark.parametrize("opt, owned", [
+    ("--outp=/tmp/x.out", "output"), ("--arr=1-3", "array"), ("--exp=ALL", "export"), ("--chd=/tmp", "chdir"),
+    ("--sig=B:USR1@10", "signal"), ("--export-f=/dev/null", "export-file"), ("--job=x", "job-name"),
+    ("--dep=afterok:1", "dependency"), ("--wait", "wait"), ("--output=/x", "output"),
+])
+def test_extra_refuses_owned_options_and_their_abbreviations(opt, owned):
+    with pytest.raises(ConfigError, match=re.escape("slurm.extra[0]") + f".*--{re.escape(owned)}.*rxte-hpc itself"):
+        validate_slurm(_config({"extra": [opt]}))
+
+
+@pytest.mark.parametrize("opt", ["--qos=normal", "--time-min=10", "--exclusive", "--constraint=haswell", "--mem-per-cpu=2G",
+                                 "--nodes=1", "--exclude=n01", "--gres=gpu:1"])
+def test_extra_accepts_options_rxte_hpc_does_not_set(opt):
+    validate_slurm(_config({"extra": [opt]}))
+
+
+@pytest.mark.slurm
+def test_sbatch_itself_takes_the_abbreviations_that_are_refused(slurm_cluster, tmp_path):
+    """The oracle for the prefix rule is sbatch's own getopt: each abbreviation it accepts is one we refuse."""
+    for opt, owned in [(f"--outp={tmp_path}/x.out", "output"), ("--arr=1-2", "array"), (f"--chd={tmp_path}", "chdir"),
+                       ("--sig=B:USR1@10", "signal"), ("--export-f=/dev/null", "export-file")]:
+        proc = slurm_cmd("sbatch", "--test-only", opt, "--wrap=true")  # --test-only: validated, never queued
+        assert proc.returncode == 0, (opt, proc.stderr)
+        with pytest.raises(ConfigError, match=f"--{owned}"):
+            validate_slurm(_config({"extra": [opt]}))
+
+
+# ------------------------------------------------------------------ whose problem a Slurm failure is
+
+
+def test_slurm_failures_are_site_or_usage_by_what_slurm_said():
+    down = slurm_failure("sbatch", "sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+                                   "(connect failure)")
+    assert isinstance(down, SlurmUnreachable) and down.exit_code == 1 and "did not answer" in str(down)
+    refused = slurm_failure("sbatch", "sbatch: error: invalid partition specified: nopart\nsbatch: error: Batch job "
+                                      "submission failed: Invalid partition name specified")
+    assert isinstance(refused, SlurmRefused) and refused.exit_code == 2 and "invalid partition" in str(refused)
+
+
+def _dead_controller_conf(tmp_path: Path) -> Path:
+    """A copy of the live slurm.conf whose controller port nobody listens on: Slurm's clients fail to connect."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    lines = [line for line in Path("/etc/slurm/slurm.conf").read_text().splitlines()
+             if not line.startswith("SlurmctldPort=")]
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("\n".join([*lines, f"SlurmctldPort={port}"]) + "\n")
+    return conf
+
+
+@pytest.mark.slurm
+def test_live_controller_that_does_not_answer_is_a_site_error_and_a_bad_partition_a_usage_error(
+        slurm_cluster, sim_archive, tmp_path, monkeypatch, capsys):
+    cfg_path = write_config(tmp_path, sim_archive, tasks={"obs_per_task": 12})
+    monkeypatch.setenv("SLURM_CONF", str(_dead_controller_conf(tmp_path)))
+    assert main(["submit", str(cfg_path)]) == 1  # real scontrol, real connect failure (Slurm retries ~9 s)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("rxte-hpc: error:")]
+    assert len(errors) == 1 and "the Slurm controller did not answer" in errors[0] and "Traceback" not in err
+    assert read_jobs(RunPaths(tmp_path / "run")) == []
+    monkeypatch.delenv("SLURM_CONF")
+    bad = write_config(tmp_path, sim_archive, tasks={"obs_per_task": 12}, slurm={"partition": "nopart"})
+    assert main(["submit", str(bad)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("rxte-hpc: error:")]
+    assert len(errors) == 1 and "invalid partition" in errors[0].lower() and "Traceback" not in err
+    assert read_jobs(RunPaths(tmp_path / "run")) == []
+
+
+# ------------------------------------------------------------------ submissions are snapshots
+
+
+@pytest.mark.slurm
+def test_live_submission_runs_its_snapshot_not_the_edited_config(slurm_cluster, sim_archive, tmp_path, capsys):
+    cfg_path = write_config(tmp_path, sim_archive, tasks={"obs_per_task": 12}, slurm={"throttle": 1})
+    original = load_config(cfg_path)
+    assert main(["submit", str(cfg_path)]) == 0
+    run = tmp_path / "run"
+    # the science changes while element 1 waits behind the throttle
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["extract"]["stdprod_band"] = "b"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    out = capsys.readouterr().out
+    jobs = read_jobs(RunPaths(run))
+    snap = Path(jobs[0]["snapshot"])
+    assert snap.parent == RunPaths(run).slurm_dir and {j["snapshot"] for j in jobs} == {str(snap)}
+    assert f"submitted gather {jobs[-1]['job_id']} after {jobs[0]['job_id']} (afterany)" in out
+    assert f"work {snap / 'config.yaml'} --slurm" in (snap / "array.sbatch").read_text()
+    assert f"gather {snap / 'config.yaml'}" in (snap / "gather.sbatch").read_text()
+    # the copy is resolved: loaded from another folder it is the submitted config
+    moved = tmp_path / "elsewhere" / "copy.yaml"
+    moved.parent.mkdir()
+    moved.write_text((snap / "config.yaml").read_text())
+    assert dataclasses.replace(load_config(moved), path=original.path) == original
+    wait_jobs([j["job_id"] for j in jobs])
+
+    manifest = read_manifest(RunPaths(run).manifest)
+    records = [read_record(RunPaths(run), r.obsid.text) for r in manifest.rows]
+    assert all(r is not None and r.state in ("done", "no_data") for r in records)
+    assert {r.config_hash for r in records} == {original.hash()}  # every element ran the submitted band
+    from astropy.io import fits
+    with fits.open(run / "merged.lc") as hdul:
+        assert hdul[0].header["CONFHASH"] == original.hash()
+
+    # the edited config is another plan's science: refused, both named
+    assert main(["status", str(cfg_path)]) == 2
+    err = capsys.readouterr().err
+    assert original.hash() in err and load_config(cfg_path).hash() in err and "plan" in err and "--force" in err
+    # a change that is not science: status says the queued jobs run another config, and which keys differ
+    raw["extract"]["stdprod_band"] = "a"
+    raw["slurm"]["mem"] = "300M"
+    raw["gather"] = {"plot": "other.png"}
+    cfg_path.write_text(yaml.safe_dump(raw))
+    assert main(["status", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"differs from the submitted one ({snap / 'config.yaml'}) in slurm.mem, gather.plot" in out

@@ -287,3 +287,18 @@ def test_status_into_a_closed_pipe_ends_quietly(tmp_path, archive):
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr and "Exception ignored" not in done.stderr
+
+
+def test_out_of_memory_is_one_line_exit_1(tmp_path):
+    """Under an address-space limit (`ulimit -v`), a simulation too large for it: one line, exit 1, no traceback."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (500 * 2**20, 500 * 2**20))
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "rxte_hpc", "simulate", str(tmp_path / "big"), "--n-obs", "100000000"],
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "out of memory during `simulate`" in proc.stderr

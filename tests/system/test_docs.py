@@ -55,7 +55,7 @@ def test_every_cell_ran_without_error(executed):
 
 
 def test_the_api_prints_nothing_unless_asked(executed):
-    """DESIGN.md "Python API": no progress lines, warnings or log records reach the notebook."""
+    """docs/architecture.md#the-api-returns-the-cli-prints: no progress lines, warnings or log records reach the notebook."""
     notebook, _ = executed
     stderr = "".join(o["text"] for o in _outputs(notebook, "stream") if o["name"] == "stderr")
     assert not stderr, f"the walkthrough's cells wrote to stderr:\n{stderr[:2000]}"
@@ -109,3 +109,83 @@ def test_the_figures_were_drawn(executed):
     for name in ("seed-band.png", "two-bands.png", "seed-band/merged.png", "two-bands/merged.png"):
         path = work / name
         assert path.is_file() and path.read_bytes().startswith(PNG_MAGIC), name
+
+
+# ------------------------------------------------------------------ the docs in the repository
+
+
+def test_the_configuration_reference_is_the_code(capsys):
+    """docs/config.md is `rxte-hpc config --schema` byte for byte: regenerate it when a config field changes."""
+    from rxte_hpc.cli import main
+
+    assert main(["config", "--schema"]) == 0
+    generated = capsys.readouterr().out
+    assert (REPO / "docs" / "config.md").read_text() == generated, \
+        "docs/config.md is stale: rxte-hpc config --schema > docs/config.md"
+
+
+def test_every_config_field_has_help_and_is_in_the_reference():
+    import dataclasses
+
+    from rxte_hpc.core.config import _SECTIONS
+
+    text = (REPO / "docs" / "config.md").read_text()
+    for name, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{name}.{f.name} has no help text"
+            assert f"`{name}.{f.name}`" in text
+
+
+#: What points outside the repository: the shared reference files and folders of the project's workspace.
+#: (Built from pieces, so that this file does not match itself.)
+OUTSIDE = re.compile("|".join(["RXTE-" + "PCA", r"DESIGN\." + "md", r"LESSONS\." + "md", r"(?<![\w.])\.\./" + "shared/",
+                               "/work/" + "shared", r"(?<![\w/])" + "shared/(docs|data|fixtures|vendor)"]))
+
+
+def test_nothing_in_the_repository_cites_a_file_outside_it():
+    """Code, docs, README and tests cite only files a clone has (the test setup's installer is the one exception:
+    it installs heasoftpy from the shared folder beside the checkout, and says so)."""
+    found = []
+    for folder in ("rxte_hpc", "docs", "tests", "benchmarks", "configs"):
+        for path in (REPO / folder).rglob("*"):
+            if not path.is_file() or path.suffix in (".lc", ".gz", ".fits", ".png", ".pyc"):
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+            found += [f"{path.relative_to(REPO)}:{n}" for n, line in enumerate(text.splitlines(), 1) if OUTSIDE.search(line)]
+    found += [f"README.md:{n}" for n, line in enumerate((REPO / "README.md").read_text().splitlines(), 1)
+              if OUTSIDE.search(line)]
+    assert found == [], "\n".join(found)
+
+
+def test_doc_links_inside_the_repository_resolve():
+    """Every `docs/<file>.md#anchor` a docstring, doc or README names exists, anchor included."""
+    targets = {p.name: p for p in (REPO / "docs").glob("*.md")}
+    anchors = {name: {_anchor(line) for line in p.read_text().splitlines() if line.startswith("#")}
+               for name, p in targets.items()}
+    bad = []
+    files = [*(REPO / "rxte_hpc").rglob("*.py"), *(REPO / "docs").glob("*.md"), REPO / "README.md"]
+    for path in files:
+        for name, anchor in re.findall(r"docs/([\w.-]+\.md)(?:#([\w-]+))?", path.read_text()):
+            if name not in targets or (anchor and anchor not in anchors[name]):
+                bad.append(f"{path.relative_to(REPO)}: docs/{name}" + (f"#{anchor}" if anchor else ""))
+    for path in (REPO / "docs").glob("*.md"):  # relative links between the docs
+        for name, anchor in re.findall(r"\]\(([\w.-]+\.md)(?:#([\w-]+))?\)", path.read_text()):
+            if name not in targets or (anchor and anchor not in anchors[name]):
+                bad.append(f"{path.relative_to(REPO)}: ({name}#{anchor})")
+    assert bad == [], "\n".join(bad)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, blanks as '-'."""
+    text = heading.lstrip("#").strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def test_the_index_links_every_page_of_docs():
+    index = (REPO / "docs" / "index.md").read_text()
+    missing = [p.name for p in (REPO / "docs").glob("*.md") if p.name != "index.md" and f"]({p.name})" not in index]
+    assert missing == [], f"docs/index.md does not link {missing}"

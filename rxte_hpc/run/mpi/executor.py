@@ -1,7 +1,7 @@
 """Executor: the manifest's ObsIDs over MPI `COMM_WORLD` ranks (`work CONFIG --mpi`), dynamic by default.
 
 Only `COMM_WORLD` rank/size and point-to-point messages are used: `Spawn` and
-`MPIPoolExecutor` are disabled or hang on many clusters (LESSONS.md "MPI"), and
+`MPIPoolExecutor` are disabled or hang on many clusters (docs/architecture.md#executors), and
 a collective after work has started would hang every rank when one dies. The
 one collective is an `allgather` at startup, before any ObsID, so that a
 configuration problem on any rank stops every rank with the same message.
@@ -54,7 +54,8 @@ from rxte_hpc.run.mpi.protocol import (
     TAG_REQUEST, TAG_WORK, Channel, Dispatcher, Heartbeat, RankReport, RankZeroSilent, Startup, Timing,
 )
 from rxte_hpc.core.paths import RunPaths
-from rxte_hpc.run.preflight import preflight
+from rxte_hpc.run.preflight import Checked, preflight
+from rxte_hpc.run.results import MpiResult
 from rxte_hpc.run.signals import interrupt_on_signals
 from rxte_hpc.core.status import RunSummary, is_done, read_record, write_record
 from rxte_hpc.run.worker import TaskRunner, WorkerIdentity
@@ -167,12 +168,16 @@ def run_mpi(
     gather: bool = False,
     extractor_factory: ExtractorFactory | None = None,
     env: Mapping[str, str] | None = None,
-) -> int:
+    on_finish: Callable[[MpiResult], None] | None = None,
+) -> MpiResult:
     """`work CONFIG --mpi`: this rank's share of the manifest; rank 0 also reports (and gathers).
 
-    Returns the exit code: 0 when every ObsID this rank knows of is done or
-    no_data (on rank 0: the whole manifest, and the gather when asked), 1 otherwise.
-    `extractor_factory` lets benchmarks run a stand-in extractor under mpiexec.
+    Returns this rank's result; its exit code is 0 when every ObsID this rank
+    knows of is done or no_data (on rank 0: the whole manifest, and the gather
+    when asked), 1 otherwise. Rank 0's result (rank table, gather lines) goes
+    to `on_finish` before it returns, because when ranks were lost rank 0 then
+    ends the job with MPI_Abort instead of returning. `extractor_factory` lets
+    benchmarks run a stand-in extractor under mpiexec.
     """
     if schedule not in SCHEDULES:
         raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
@@ -187,9 +192,10 @@ def run_mpi(
     t0 = time.monotonic()
 
     manifest: Manifest | None = None
+    checked: Checked | None = None
     error: str | None = None
     try:
-        manifest = _prepare(config, factory, gather)
+        manifest, checked = _prepare(config, factory, gather)
     except RxteError as exc:
         error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, UsageError) else str(exc)
         if size == 1:
@@ -208,7 +214,7 @@ def run_mpi(
         first = problems[0]
         where = f"rank {first.rank} on {first.host}" if size > 1 else "this rank"
         raise UsageError(f"{where}: {first.error}" + (f" (and {len(problems) - 1} more ranks)" if len(problems) > 1 else ""))
-    assert manifest is not None
+    assert manifest is not None and checked is not None
     log.info("rank %d/%d on %s pid %d: %s schedule, %s", rank, size, socket.gethostname(), os.getpid(), schedule,
              "threaded" if threaded else f"MPI thread level {MPI.Query_thread()} (no helper threads)")
 
@@ -218,26 +224,29 @@ def run_mpi(
     with interrupt_on_signals():
         if rank == 0:
             reports, _ = _rank0(config, manifest, channel, MPI, startups, timing, tally, schedule=schedule,
-                                       force=force, factory=factory, threaded=threaded)
+                                       force=force, factory=factory, checked=checked, threaded=threaded)
         else:
             assert channel is not None
             try:
                 _worker(config, manifest, channel, MPI, startups, timing, tally, schedule=schedule, force=force,
-                        factory=factory, threaded=threaded)
+                        factory=factory, checked=checked, threaded=threaded)
             except RankZeroSilent as exc:
                 _abort(comm, f"rank {rank}: {exc}", 1)
     mine = tally.report("finished")
     log.info("rank %d: %d ObsIDs, %.1f s busy, %.1f s wall (%s)", rank, mine.obsids, mine.busy_s,
              time.monotonic() - t0, ", ".join(f"{n} {k}" for k, n in mine.counts) or "nothing to do")
     if rank != 0:
-        return 1 if mine.bad else 0
-    code = _finish(config, manifest, [mine, *reports], gather=gather, wall_s=time.monotonic() - t0)
+        return MpiResult(rank, 1 if mine.bad else 0)
+    result = _finish(config, manifest, [mine, *reports], gather=gather, wall_s=time.monotonic() - t0)
+    if on_finish is not None:
+        on_finish(result)
     lost = [r.rank for r in reports if r.state in ("dead", "silent")]
     if lost:
         # MPI_Finalize at exit would wait for the lost ranks forever (a stopped or hung process
         # never answers). Everything is written by now, so end the whole job instead.
-        _abort(comm, f"rank 0: ranks {', '.join(map(str, lost))} stopped talking; results are saved", max(code, 1))
-    return code
+        _abort(comm, f"rank 0: ranks {', '.join(map(str, lost))} stopped talking; results are saved",
+               max(result.code, 1))
+    return result
 
 
 def _abort(comm: Any, why: str, code: int) -> None:
@@ -250,14 +259,10 @@ def _abort(comm: Any, why: str, code: int) -> None:
     comm.Abort(code)
 
 
-def _prepare(config: Config, factory: ExtractorFactory, gather: bool) -> Manifest:
-    """What every rank checks before work: the manifest, the extractor, gather's availability."""
-    from rxte_hpc.archive.factory import open_archive
-
-    paths = RunPaths(config.run_dir)
-    manifest = read_manifest(paths.manifest)
-    preflight(config, manifest, factory(ExtractContext(config, paths, open_archive(config, paths))))
-    return manifest
+def _prepare(config: Config, factory: ExtractorFactory, gather: bool) -> tuple[Manifest, Checked]:
+    """What every rank checks before work (once: its task runners are handed the result)."""
+    manifest = read_manifest(RunPaths(config.run_dir).manifest)
+    return manifest, preflight(config, manifest, factory=factory)
 
 
 def _nothing() -> None:
@@ -269,11 +274,11 @@ def _static_tasks(manifest: Manifest, rank: int, size: int) -> list[int]:
 
 
 def _run_static(config: Config, manifest: Manifest, rank: int, size: int, tally: _Tally, *, force: bool,
-                factory: ExtractorFactory, between: Callable[[], object]) -> None:
+                factory: ExtractorFactory, checked: Checked, between: Callable[[], object]) -> None:
     """This rank's tasks, each exactly as array element `t` runs it (same labels, same records)."""
     for task in _static_tasks(manifest, rank, size):
         identity = WorkerIdentity.for_task(task, rank=rank)
-        with TaskRunner(config, manifest, identity, force=force, extractor_factory=factory) as runner:
+        with TaskRunner(config, manifest, identity, force=force, extractor_factory=factory, checked=checked) as runner:
             tally.runners.append(runner)
             for row in manifest.rows_for_task(task):
                 tally.note(runner.process(row).seconds)
@@ -286,7 +291,7 @@ def _rank_identity(rank: int) -> WorkerIdentity:
 
 def _rank0(config: Config, manifest: Manifest, channel: Channel | None, MPI: Any, startups: Sequence[Startup],
            timing: Timing, tally: _Tally, *, schedule: str, force: bool, factory: ExtractorFactory,
-           threaded: bool) -> tuple[list[RankReport], list[int]]:
+           checked: Checked, threaded: bool) -> tuple[list[RankReport], list[int]]:
     """Rank 0: dispatch (in a helper thread when possible) and extract; returns the other ranks' reports."""
     rows = manifest.rows
     size = len(startups)
@@ -303,9 +308,10 @@ def _rank0(config: Config, manifest: Manifest, channel: Channel | None, MPI: Any
         queue = []
     if channel is None:  # size 1: serial, no messages
         if schedule == "static":
-            _run_static(config, manifest, 0, 1, tally, force=force, factory=factory, between=lambda: None)
+            _run_static(config, manifest, 0, 1, tally, force=force, factory=factory, checked=checked, between=lambda: None)
         else:
-            with TaskRunner(config, manifest, _rank_identity(0), force=force, extractor_factory=factory) as runner:
+            with TaskRunner(config, manifest, _rank_identity(0), force=force, extractor_factory=factory,
+                            checked=checked) as runner:
                 tally.runners.append(runner)
                 for i in queue:
                     tally.note(runner.process(rows[i]).seconds)
@@ -326,9 +332,10 @@ def _rank0(config: Config, manifest: Manifest, channel: Channel | None, MPI: Any
              "dispatcher thread" if threaded else "between rank 0's own ObsIDs")
     try:
         if schedule == "static":
-            _run_static(config, manifest, 0, size, tally, force=force, factory=factory, between=between)
+            _run_static(config, manifest, 0, size, tally, force=force, factory=factory, checked=checked, between=between)
         else:
-            with TaskRunner(config, manifest, _rank_identity(0), force=force, extractor_factory=factory) as runner:
+            with TaskRunner(config, manifest, _rank_identity(0), force=force, extractor_factory=factory,
+                            checked=checked) as runner:
                 tally.runners.append(runner)
                 while (pos := dispatcher.take_local()) is not None:
                     tally.note(runner.process(rows[pos]).seconds)
@@ -354,7 +361,7 @@ def _rank0(config: Config, manifest: Manifest, channel: Channel | None, MPI: Any
 
 def _worker(config: Config, manifest: Manifest, channel: Channel, MPI: Any, startups: Sequence[Startup],
             timing: Timing, tally: _Tally, *, schedule: str, force: bool, factory: ExtractorFactory,
-            threaded: bool) -> None:
+            checked: Checked, threaded: bool) -> None:
     """A rank > 0: ask rank 0 for ObsIDs (dynamic) or run its own tasks (static), then report."""
     rank = tally.rank
     try:
@@ -362,7 +369,7 @@ def _worker(config: Config, manifest: Manifest, channel: Channel, MPI: Any, star
             if threaded:
                 stack.enter_context(Heartbeat(channel, rank, timing.heartbeat_s))
             _worker_loop(config, manifest, channel, MPI, startups, timing, tally, schedule=schedule, force=force,
-                         factory=factory)
+                         factory=factory, checked=checked)
     except Interrupted:
         _say_gone(channel, tally, "interrupted")
         raise
@@ -375,14 +382,16 @@ def _worker(config: Config, manifest: Manifest, channel: Channel, MPI: Any, star
 
 
 def _worker_loop(config: Config, manifest: Manifest, channel: Channel, MPI: Any, startups: Sequence[Startup],
-                 timing: Timing, tally: _Tally, *, schedule: str, force: bool, factory: ExtractorFactory) -> None:
+                 timing: Timing, tally: _Tally, *, schedule: str, force: bool, factory: ExtractorFactory,
+                 checked: Checked) -> None:
     """The worker's work proper; separate so `_worker` reads as its error handling."""
     if schedule == "static":
         _run_static(config, manifest, tally.rank, len(startups), tally, force=force, factory=factory,
-                    between=lambda: None)
+                    checked=checked, between=lambda: None)
         channel.send(("finished", tally.report("finished")), 0, TAG_REQUEST)
         return
-    with TaskRunner(config, manifest, _rank_identity(tally.rank), force=force, extractor_factory=factory) as runner:
+    with TaskRunner(config, manifest, _rank_identity(tally.rank), force=force, extractor_factory=factory,
+                    checked=checked) as runner:
         tally.runners.append(runner)
         for i in _requests(channel, MPI, tally, timing, startups[0].threaded):
             tally.note(runner.process(manifest.rows[i]).seconds)
@@ -462,9 +471,9 @@ def _utc_now() -> str:
 
 
 def _finish(config: Config, manifest: Manifest, reports: list[RankReport], *, gather: bool,
-            wall_s: float) -> int:
+            wall_s: float) -> MpiResult:
     """Rank 0's end: the table, what is left for `rerun`, the gather; the exit code from the records."""
-    print(format_rank_table(reports, wall_s), flush=True)
+    table = format_rank_table(reports, wall_s)
     lost = [r for r in reports if r.state in ("dead", "silent")]
     for r in lost:
         log.warning("rank %d (%s pid %d) never finished", r.rank, r.host, r.pid)
@@ -479,8 +488,6 @@ def _finish(config: Config, manifest: Manifest, reports: list[RankReport], *, ga
         from rxte_hpc.products.gather import run_gather
 
         result = run_gather(config, allow_missing=False, manifest=manifest)
-        for out in result.outputs:
-            print(f"light curve: {out}", flush=True)
-        print(result.summary, flush=True)
-        code = max(code, result.exit_code)
-    return code
+        lines = tuple(f"light curve: {out}" for out in result.outputs) + (result.summary,)
+        return MpiResult(0, max(code, result.exit_code), table, lines)
+    return MpiResult(0, code, table)

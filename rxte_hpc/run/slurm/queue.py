@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rxte_hpc.core.config import Config
-from rxte_hpc.core.errors import UsageError
+from rxte_hpc.core.errors import RxteError, SiteError, UsageError
 from rxte_hpc.core.fsutil import write_atomic
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.core.status import MISSING, RunSummary
@@ -31,8 +31,37 @@ _ELEMENT_RE = re.compile(r"(\d+)(?:_(\d+))?")
 _TIMEOUT_S = 60
 
 
-class SlurmError(UsageError):
-    """A Slurm command is missing or refused: the user must fix the environment or the request."""
+class SlurmError(RxteError):
+    """A Slurm client command failed; the subclass says whose problem it is (and so the exit code)."""
+
+
+class SlurmRefused(SlurmError, UsageError):
+    """Slurm answered no (a bad option, partition or limit) or is not installed here: the user must change
+    the request or the environment (exit 2)."""
+
+
+class SlurmUnreachable(SlurmError, SiteError):
+    """The controller did not answer (down, unreachable, munge not running): a site problem, worth retrying
+    later (exit 1); the same request may well succeed then."""
+
+
+#: What Slurm's clients print when they cannot reach the controller (slurm_strerror texts of 22.05, as
+#: `sbatch`, `squeue` and `scontrol` print them when slurmctld is down or munge refuses).
+_UNREACHABLE = re.compile(
+    r"unable to contact slurm controller|connect(ion)? (failure|refused)|socket timed out|"
+    r"zero bytes were transmitted|communication connection failure|transport endpoint|no route to host|"
+    r"temporarily unable to accept|munge|authentication credential|slurm_load_\w+ error",
+    re.IGNORECASE,
+)
+
+
+def slurm_failure(what: str, text: str) -> SlurmError:
+    """The error for a Slurm command that exited non-zero: unreachable (site) or refused (usage), by its message."""
+    line = _first_line(text)
+    if _UNREACHABLE.search(text):
+        return SlurmUnreachable(f"{what} failed: the Slurm controller did not answer ({line}); try again later "
+                                "or ask the site whether slurmctld is up")
+    return SlurmRefused(f"{what} failed: {line}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +78,7 @@ class Submission:
     tasks: tuple[int, ...] = ()
     depends_on: tuple[str, ...] = ()
     logs: str | None = None  # folder of this array's %A_%a.out logs (one folder per array: <= 1,000 entries)
+    snapshot: str | None = None  # the submission's folder: the config copy and the scripts its jobs run
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +89,7 @@ class Submission:
             "tasks": list(self.tasks),
             "depends_on": list(self.depends_on),
             "logs": self.logs,
+            "snapshot": self.snapshot,
             "script": self.script,
             "command": list(self.command),
             "submitted": self.submitted,
@@ -70,11 +101,11 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        raise SlurmError(
+        raise SlurmRefused(
             f"{argv[0]} not found: Slurm's client commands must be on PATH (or run locally: `rxte-hpc run CONFIG`)"
         ) from None
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{shlex.join(argv)} did not answer within {_TIMEOUT_S} s: is slurmctld up?") from None
+        raise SlurmUnreachable(f"{shlex.join(argv)} did not answer within {_TIMEOUT_S} s: is slurmctld up?") from None
 
 
 def _first_line(text: str) -> str:
@@ -129,7 +160,7 @@ def _squeue(job_ids: Sequence[str]) -> list[tuple[str, str]]:
         # Slurm answers "Invalid job id specified" once every listed job has left its memory.
         if "invalid job id" in proc.stderr.lower():
             return []
-        raise SlurmError(f"squeue failed: {_first_line(proc.stderr)}")
+        raise slurm_failure("squeue", proc.stderr)
     out = []
     for line in proc.stdout.splitlines():
         parts = line.split()

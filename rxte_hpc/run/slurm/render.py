@@ -33,11 +33,29 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.,-]+")
 #: `--name` or `--name=value`; values may carry constraint/gres syntax but no
 #: whitespace, quotes, `$`, `;`, backticks or redirections.
 _EXTRA_RE = re.compile(r"--([a-z][a-z0-9-]*)(?:=([A-Za-z0-9_.,:@/+=|&*\[\]-]+))?")
-#: Options the executor itself owns: overriding them would break the run's contract
-#: (what runs, which task an element is, where logs go).
-_EXTRA_OWNED = frozenset(
-    {"array", "export", "dependency", "wrap", "output", "error", "signal", "chdir", "parsable", "job-name", "ntasks"}
-)
+#: Options the executor itself owns: overriding them would break the run's contract (what runs, which task an
+#: element is, where logs go; `--export-file` sets the task offset's variable too, `--wait` would hold `submit`
+#: until the jobs end).
+_EXTRA_OWNED = ("array", "export", "export-file", "dependency", "wrap", "output", "error", "signal", "chdir",
+                "parsable", "job-name", "ntasks", "wait")
+
+
+def owned_option(name: str) -> str | None:
+    """The option rxte-hpc sets that `--name` would set: itself, or the owned option it abbreviates.
+
+    sbatch parses with getopt_long, which takes any unambiguous prefix of a long
+    option (`--outp=` is `--output=`), and an ambiguous one is refused anyway;
+    so every prefix of an owned option is refused here.
+    """
+    if name in _EXTRA_OWNED:
+        return name
+    return next((o for o in _EXTRA_OWNED if o.startswith(name)), None)
+
+
+def _quoted(value: object, limit: int = 60) -> str:
+    """A bad value in a message: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
 #: #SBATCH lines are not shell, but Slurm splits them on blanks and expands `%`:
 #: paths that land there must be plain.
 _SBATCH_PATH_RE = re.compile(r"/[A-Za-z0-9_./+,:@=~-]*")
@@ -48,7 +66,7 @@ class ArrayChunk:
     """One `sbatch --array` submission: element indices (from 0) plus the task offset they add.
 
     `task = index + offset` is computed here and in `array_task_from_env` only,
-    never anywhere else (LESSONS.md: canu#337 was an off-by-one on resubmit).
+    never anywhere else (canu issue 337 was an off-by-one on resubmit: docs/architecture.md#why-it-is-built-this-way).
     """
 
     offset: int
@@ -146,7 +164,7 @@ def validate_slurm(config: Config) -> None:
     where = config.path
 
     def bad(key: str, value: object, why: str) -> ConfigError:
-        return ConfigError(f"{where}: slurm.{key} {why}, not {value!r}")
+        return ConfigError(f"{where}: slurm.{key} {why}, not {_quoted(value)}", path=where)
 
     for key in ("partition", "account"):
         value = getattr(s, key)
@@ -159,7 +177,7 @@ def validate_slurm(config: Config) -> None:
     if s.signal_s >= limit:
         raise ConfigError(
             f"{where}: slurm.signal_s ({s.signal_s} s) must be shorter than slurm.time ({s.time} = {limit} s): "
-            "it is the warning the worker gets before the time limit"
+            "it is the warning the worker gets before the time limit", path=where
         )
     if not _MEM_RE.fullmatch(s.mem):
         raise bad("mem", s.mem, "must be a number with an optional K/M/G/T suffix, e.g. 4G")
@@ -167,8 +185,10 @@ def validate_slurm(config: Config) -> None:
         m = _EXTRA_RE.fullmatch(opt)
         if not m:
             raise bad(f"extra[{i}]", opt, "must be one option '--name' or '--name=value' without blanks or shell characters")
-        if m.group(1) in _EXTRA_OWNED:
-            raise bad(f"extra[{i}]", opt, f"sets --{m.group(1)}, which rxte-hpc itself controls")
+        owned = owned_option(m.group(1))
+        if owned is not None:
+            how = "sets" if owned == m.group(1) else f"abbreviates (sbatch takes unambiguous prefixes) --{owned}, so it sets"
+            raise bad(f"extra[{i}]", opt, f"{how} --{owned}, which rxte-hpc itself controls")
     for i, line in enumerate(s.setup):
         if any(c in line for c in "\n\r\0"):
             raise bad(f"setup[{i}]", line, "must be one line (no line breaks or NUL)")

@@ -1,6 +1,6 @@
 """Executor: submit the run as Slurm job arrays (MaxArraySize chunks, throttle), a dependent gather, reruns.
 
-What Slurm is asked, and why so little (LESSONS.md "Slurm arrays"):
+What Slurm is asked, and why so little (docs/architecture.md#executors):
 - `scontrol show config` once per submission, for MaxArraySize: it caps the
   highest *index*, so big runs go as several arrays indexed from 0, each with
   an exported `RXTE_HPC_TASK_OFFSET`.
@@ -28,8 +28,7 @@ from typing import Mapping, Sequence
 
 from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import RxteError, UsageError
-from rxte_hpc.core.fsutil import write_atomic
-from rxte_hpc.core.manifest import Manifest, read_manifest
+from rxte_hpc.core.manifest import Manifest, check_run_dir, read_manifest
 from rxte_hpc.core.paths import MAX_FOLDER_ENTRIES, RunPaths
 from rxte_hpc.run.slurm.render import (
     OFFSET_VAR,
@@ -44,9 +43,13 @@ from rxte_hpc.run.slurm.render import (
     sparse_chunks,
     validate_slurm,
 )
-from rxte_hpc.core.status import MISSING, RunSummary
-from rxte_hpc.run.slurm.queue import SlurmError, Submission, _first_line, _now, _queued_tasks, _run, record_submission
+from rxte_hpc.core.status import FINISHED, RunSummary
+from rxte_hpc.run.slurm.queue import (
+    SlurmError, SlurmRefused, Submission, _now, _queued_tasks, _run, record_submission, slurm_failure,
+)
 from rxte_hpc.run.slurm.queue import read_jobs, scheduler_report, scheduler_states  # noqa: F401 - public names
+from rxte_hpc.run.slurm.snapshot import Snapshot, new_snapshot, write_snapshot
+from rxte_hpc.run.results import JobSubmission, SubmitResult
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def parse_max_array_size(text: str) -> int:
     """MaxArraySize from `scontrol show config` output."""
     m = _MAX_ARRAY_RE.search(text)
     if not m:
-        raise SlurmError("`scontrol show config` did not report MaxArraySize")
+        raise SlurmRefused("`scontrol show config` did not report MaxArraySize")
     return int(m.group(1))
 
 
@@ -101,26 +104,30 @@ def parse_max_job_count(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-_LIMITS: dict[str, int | None] = {}
+@dataclass(frozen=True)
+class Limits:
+    """What the controller allows, from one `scontrol show config`, and where the figures came from."""
+
+    max_array_size: int
+    max_job_count: int | None
+    source: str
 
 
-def query_max_array_size() -> int:
+def query_limits() -> Limits:
     proc = _run(["scontrol", "show", "config"])
     if proc.returncode != 0:
-        raise SlurmError(f"scontrol show config failed: {_first_line(proc.stderr)}")
-    _LIMITS["MaxJobCount"] = parse_max_job_count(proc.stdout)
-    return parse_max_array_size(proc.stdout)
+        raise slurm_failure("scontrol show config", proc.stderr)
+    return Limits(parse_max_array_size(proc.stdout), parse_max_job_count(proc.stdout), "from scontrol")
 
 
-def _max_array_size(dry_run: bool) -> tuple[int, str]:
-    """MaxArraySize and where it came from; a dry run on a machine without Slurm assumes the default."""
-    _LIMITS.clear()
+def _limits(dry_run: bool) -> Limits:
+    """The controller's limits; a dry run on a machine without Slurm assumes Slurm's defaults."""
     try:
-        return query_max_array_size(), "from scontrol"
+        return query_limits()
     except SlurmError as exc:
         if not dry_run:
             raise
-        return DEFAULT_MAX_ARRAY_SIZE, f"Slurm's default; scontrol did not answer: {exc}"
+        return Limits(DEFAULT_MAX_ARRAY_SIZE, None, f"Slurm's default; scontrol did not answer: {exc}")
 
 
 #: Characters of an `--array=` index list sbatch accepts: 22.05 refuses ~4,100 ("Pathname of a file, directory
@@ -162,13 +169,12 @@ def cap_chunks(chunks: Sequence[ArrayChunk], limit: int = MAX_FOLDER_ENTRIES,
     return out
 
 
-def scale_notes(n_elements: int, n_arrays: int, throttle: int) -> list[str]:
+def scale_notes(n_elements: int, n_arrays: int, throttle: int, max_jobs: int | None) -> list[str]:
     """What a big submission means for the queue: the throttle is per array; queued-job limits count elements."""
     notes = []
     if n_arrays > 1:
         notes.append(f"throttle {throttle} applies per array: up to {min(n_elements, throttle * n_arrays)} elements "
                      f"of {n_arrays} arrays may run at once")
-    max_jobs = _LIMITS.get("MaxJobCount")
     if max_jobs is not None and n_elements >= max_jobs:
         notes.append(f"warning: {n_elements} array elements but the controller's MaxJobCount is {max_jobs}: "
                      "sbatch will refuse the arrays that do not fit; raise tasks.obs_per_task")
@@ -181,11 +187,11 @@ def scale_notes(n_elements: int, n_arrays: int, throttle: int) -> list[str]:
 def _sbatch(argv: Sequence[str]) -> str:
     proc = _run(argv)
     if proc.returncode != 0:
-        raise SlurmError(f"{shlex.join(argv)} failed: {_first_line(proc.stderr or proc.stdout)}")
+        raise slurm_failure(shlex.join(argv), proc.stderr or proc.stdout)
     # --parsable prints "<id>" or "<id>;<cluster>"
     job_id = proc.stdout.strip().split(";")[0]
     if not _JOB_ID_RE.fullmatch(job_id):
-        raise SlurmError(f"{shlex.join(argv)} printed {proc.stdout.strip()!r}, not a job id")
+        raise SlurmRefused(f"{shlex.join(argv)} printed {proc.stdout.strip()[:80]!r}, not a job id")
     return job_id
 
 
@@ -207,11 +213,6 @@ def _check_backend_or_warn(config: Config, manifest: Manifest) -> None:
         log.warning("extractor not usable in this shell (%s); submitting anyway: slurm.setup may provide it", exc)
 
 
-def _write_script(path: Path, text: str) -> None:
-    write_atomic(path, text.encode())
-    path.chmod(0o755)
-
-
 def _array_calls(kind: str, chunks: Sequence[ArrayChunk], throttle: int, script: Path,
                  paths: RunPaths) -> list[PlannedCall]:
     """One sbatch per chunk, each with its own log folder (`slurm/logs/<kind>-<time>-<n>/%A_%a.out`)."""
@@ -229,93 +230,92 @@ def _gather_argv(script: Path, after: Sequence[str]) -> tuple[str, ...]:
     return ("sbatch", "--parsable", f"--dependency=afterany:{':'.join(after)}", str(script))
 
 
-def _print_dry_run(scripts: Sequence[tuple[Path, str]], calls: Sequence[PlannedCall], gather: Path | None) -> None:
-    for path, text in scripts:
-        print(f"# ---- {path} (not written: dry run)")
-        print(text, end="" if text.endswith("\n") else "\n")
-    print("# ---- sbatch commands (not run: dry run)")
-    for call in calls:
-        print(shlex.join(call.argv))
+def _planned(calls: Sequence[PlannedCall], gather: Path | None, gather_kind: str) -> tuple[JobSubmission, ...]:
+    """The sbatch calls a dry run shows (job ids as placeholders)."""
+    jobs = [_job(c.kind, None, c.argv, c.chunk) for c in calls]
     if gather is not None:
-        print(shlex.join(_gather_argv(gather, [f"<{call.kind} {i + 1} job id>" for i, call in enumerate(calls)])))
+        jobs.append(JobSubmission(gather_kind, None, _gather_argv(
+            gather, [f"<{call.kind} {i + 1} job id>" for i, call in enumerate(calls)])))
+    return tuple(jobs)
 
 
-def _submit_arrays(
-    paths: RunPaths,
-    calls: Sequence[PlannedCall],
-    gather_script: Path,
-    gather_kind: str,
-) -> list[Submission]:
-    """sbatch every chunk, then the gather after all of them; each submission recorded as it happens."""
+def _record(paths: RunPaths, kind: str, job_id: str, argv: tuple[str, ...], snapshot: Snapshot,
+            chunk: ArrayChunk | None = None, logs: Path | None = None, after: Sequence[str] = ()) -> JobSubmission:
+    """Record one sbatch call in jobs.json as soon as it is made, and return what the result lists."""
+    record_submission(paths, Submission(
+        kind=kind, job_id=job_id, script=argv[-1], command=argv, submitted=_now(),
+        array=chunk.spec() if chunk else None, offset=chunk.offset if chunk else None,
+        tasks=chunk.tasks if chunk else (), depends_on=tuple(after), logs=str(logs) if logs else None,
+        snapshot=str(snapshot.folder)))
+    return _job(kind, job_id, argv, chunk)
+
+
+def _job(kind: str, job_id: str | None, argv: tuple[str, ...], chunk: ArrayChunk | None) -> JobSubmission:
+    if chunk is None:
+        return JobSubmission(kind, job_id, argv)
+    return JobSubmission(kind, job_id, argv, chunk.spec(), chunk.offset, chunk.tasks, compress_indices(chunk.tasks))
+
+
+def _submit_arrays(paths: RunPaths, calls: Sequence[PlannedCall], gather_kind: str,
+                   snapshot: Snapshot) -> tuple[JobSubmission, ...]:
+    """sbatch every chunk, then the gather after all of them; each recorded in jobs.json as it is made.
+
+    When an sbatch fails half-way, the error says which arrays were already submitted (they stay queued).
+    """
     paths.slurm_logs_dir.mkdir(parents=True, exist_ok=True)  # Slurm does not create it
-    done: list[Submission] = []
-    quiet = len(calls) > 20
-    for call in calls:
-        assert call.chunk is not None
-        if call.logs is not None:
-            call.logs.mkdir(parents=True, exist_ok=True)
-        job_id = _sbatch(call.argv)
-        sub = Submission(
-            kind=call.kind,
-            job_id=job_id,
-            script=call.argv[-1],
-            command=call.argv,
-            submitted=_now(),
-            array=call.chunk.spec(),
-            offset=call.chunk.offset,
-            tasks=call.chunk.tasks,
-            logs=str(call.logs) if call.logs is not None else None,
-        )
-        record_submission(paths, sub)
-        done.append(sub)
-        if not quiet:
-            print(f"submitted array {job_id}_[{call.chunk.spec()}] (offset {call.chunk.offset}): "
-                  f"tasks {compress_indices(call.chunk.tasks)}")
-    if quiet:
-        print(f"submitted {len(done)} arrays {done[0].job_id}..{done[-1].job_id}: "
-              f"{sum(len(s.tasks) for s in done)} elements (jobs.json lists each)")
-    ids = [s.job_id for s in done]
-    argv = _gather_argv(gather_script, ids)
-    job_id = _sbatch(argv)
-    sub = Submission(gather_kind, job_id, str(gather_script), argv, _now(), depends_on=tuple(ids))
-    record_submission(paths, sub)
-    print(f"submitted gather {job_id} after {', '.join(ids)} (afterany)")
-    return [*done, sub]
+    done: list[JobSubmission] = []
+    try:
+        for call in calls:
+            assert call.chunk is not None
+            if call.logs is not None:
+                call.logs.mkdir(parents=True, exist_ok=True)
+            job_id = _sbatch(call.argv)
+            done.append(_record(paths, call.kind, job_id, call.argv, snapshot, call.chunk, call.logs))
+        ids = [str(j.job_id) for j in done]
+        argv = _gather_argv(snapshot.script("gather"), ids)
+        done.append(_record(paths, gather_kind, _sbatch(argv), argv, snapshot, after=ids))
+    except SlurmError as exc:
+        if done:
+            exc.message += (f"; already submitted and still queued: job(s) {', '.join(str(j.job_id) for j in done)} "
+                            f"(listed in {paths.slurm_dir / 'jobs.json'})")
+        raise
+    return tuple(done)
 
 
-def submit(config: Config, dry_run: bool = False, mpi: bool = False, python: str | None = None) -> int:
-    """`rxte-hpc submit`: plan if needed, render the scripts, sbatch the array(s) and the dependent gather."""
+def submit(config: Config, dry_run: bool = False, mpi: bool = False, python: str | None = None) -> SubmitResult:
+    """`rxte-hpc submit`: plan if needed, snapshot the config, render the scripts, sbatch the array(s) and the
+    dependent gather; returns the job ids (nothing is printed)."""
     validate_slurm(config)
     paths = RunPaths(config.run_dir)
-    inputs = RenderInputs.from_config(config, python or sys.executable)
     if mpi:
-        return _submit_mpi(config, paths, inputs, dry_run)
+        return _submit_mpi(config, paths, python or sys.executable, dry_run)
     manifest = _manifest_for_submit(config, dry_run)
-    max_array, source = _max_array_size(dry_run)
-    chunks = cap_chunks(contiguous_chunks(manifest.n_tasks, min(max_array, MAX_FOLDER_ENTRIES)))
-    array_script, gather_script = paths.slurm_dir / "array.sbatch", paths.slurm_dir / "gather.sbatch"
-    array_text, gather_text = render_array(inputs, chunks), render_gather(inputs)
-    calls = _array_calls("array", chunks, config.slurm.throttle, array_script, paths)
-    print(f"{manifest.n_tasks} tasks ({len(manifest.rows)} ObsIDs) as {len(chunks)} array(s); "
-          f"MaxArraySize {max_array} ({source})")
-    for note in scale_notes(manifest.n_tasks, len(chunks), config.slurm.throttle):
-        print(note)
+    limits = _limits(dry_run)
+    chunks = cap_chunks(contiguous_chunks(manifest.n_tasks, min(limits.max_array_size, MAX_FOLDER_ENTRIES)))
+    snapshot = new_snapshot(paths, "submit")
+    inputs = RenderInputs(config.slurm, snapshot.config, config.run_dir, python or sys.executable)
+    scripts = {"array": render_array(inputs, chunks), "gather": render_gather(inputs)}
+    calls = _array_calls("array", chunks, config.slurm.throttle, snapshot.script("array"), paths)
+    notes = (f"{manifest.n_tasks} tasks ({len(manifest.rows)} ObsIDs) as {len(chunks)} array(s); "
+             f"MaxArraySize {limits.max_array_size} ({limits.source})",
+             *scale_notes(manifest.n_tasks, len(chunks), config.slurm.throttle, limits.max_job_count))
     if dry_run:
-        _print_dry_run([(array_script, array_text), (gather_script, gather_text)], calls, gather_script)
-        return 0
+        return SubmitResult("submit", True, _planned(calls, snapshot.script("gather"), "gather"), notes,
+                            scripts=tuple((snapshot.script(k), t) for k, t in scripts.items()))
     _check_backend_or_warn(config, manifest)
-    _write_script(array_script, array_text)
-    _write_script(gather_script, gather_text)
-    _submit_arrays(paths, calls, gather_script, "gather")
-    print(f"watch: rxte-hpc status {shlex.quote(str(config.path))} --scheduler   logs: {paths.slurm_dir / 'logs'}")
-    return 0
+    write_snapshot(snapshot, config, manifest.digest(), scripts)
+    jobs = _submit_arrays(paths, calls, "gather", snapshot)
+    watch = f"watch: rxte-hpc status {shlex.quote(str(config.path))} --scheduler   logs: {paths.slurm_logs_dir}"
+    return SubmitResult("submit", False, jobs, notes, snapshot.folder, tail=(watch,))
 
 
 def _manifest_for_submit(config: Config, dry_run: bool) -> Manifest:
     """The manifest; planned and written when absent (a dry run plans in memory and writes nothing)."""
     paths = RunPaths(config.run_dir)
     if paths.manifest.is_file():
-        return read_manifest(paths.manifest, write_cache=not dry_run)
+        manifest = read_manifest(paths.manifest, write_cache=not dry_run)
+        check_run_dir(config, manifest)
+        return manifest
     if dry_run:
         from rxte_hpc.plan.planner import plan
 
@@ -325,21 +325,19 @@ def _manifest_for_submit(config: Config, dry_run: bool) -> Manifest:
     return ensure_manifest(config)
 
 
-def _submit_mpi(config: Config, paths: RunPaths, inputs: RenderInputs, dry_run: bool) -> int:
-    script = paths.slurm_dir / "mpi.sbatch"
-    text = render_mpi(inputs)
-    argv = ("sbatch", "--parsable", str(script))
+def _submit_mpi(config: Config, paths: RunPaths, python: str, dry_run: bool) -> SubmitResult:
+    snapshot = new_snapshot(paths, "mpi")
+    text = render_mpi(RenderInputs(config.slurm, snapshot.config, config.run_dir, python))
+    argv = ("sbatch", "--parsable", str(snapshot.script("mpi")))
     if dry_run:
-        _print_dry_run([(script, text)], [PlannedCall("mpi", argv)], None)
-        return 0
+        return SubmitResult("mpi", True, (JobSubmission("mpi", None, argv),), scripts=((snapshot.script("mpi"), text),))
     manifest = _manifest_for_submit(config, dry_run=False)
     _check_backend_or_warn(config, manifest)
-    _write_script(script, text)
-    paths.slurm_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)
-    job_id = _sbatch(argv)
-    record_submission(paths, Submission("mpi", job_id, str(script), argv, _now()))
-    print(f"submitted MPI job {job_id}: {config.slurm.mpi_tasks} ranks, gathers at the end")
-    return 0
+    write_snapshot(snapshot, config, manifest.digest(), {"mpi": text})
+    paths.slurm_logs_dir.mkdir(parents=True, exist_ok=True)
+    job = _record(paths, "mpi", _sbatch(argv), argv, snapshot)
+    return SubmitResult("mpi", False, (job,), snapshot=snapshot.folder,
+                        tail=(f"submitted MPI job {job.job_id}: {config.slurm.mpi_tasks} ranks, gathers at the end",))
 
 
 _SHOWN_TASKS = 20
@@ -352,11 +350,14 @@ def _task_list(tasks: Sequence[int]) -> str:
     return _clip(compress_indices(tasks), 160)
 
 
-def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, python: str | None = None) -> int:
-    """`rxte-hpc rerun`: resubmit only tasks whose ObsIDs are missing/interrupted (from the records) as sparse arrays."""
+def rerun(config: Config, dry_run: bool = False, include_failed: bool = False,
+          python: str | None = None) -> SubmitResult:
+    """`rxte-hpc rerun`: resubmit only tasks whose ObsIDs are missing/interrupted (from the records) as sparse
+    arrays, running a new snapshot of the config; returns what was submitted."""
     validate_slurm(config)
     paths = RunPaths(config.run_dir)
     manifest = read_manifest(paths.manifest, write_cache=not dry_run)
+    check_run_dir(config, manifest)
     summary = RunSummary.collect(manifest, paths, config.hash(), write_index=not dry_run)  # --dry-run writes nothing
     wanted = summary.tasks_to_rerun(include_failed)
     queued = _queued_tasks(paths) if wanted else set()
@@ -370,32 +371,29 @@ def rerun(config: Config, dry_run: bool = False, include_failed: bool = False, p
         why = "" if wanted else (
             "" if include_failed or not summary.with_state("failed") else " (data failures need --include-failed)"
         )
-        print(f"nothing to rerun: no task has missing or interrupted ObsIDs that is not already queued{why}")
-        return 0
+        return SubmitResult("rerun", dry_run, (), (
+            f"nothing to rerun: no task has missing or interrupted ObsIDs that is not already queued{why}",))
     by_task: dict[int, list[str]] = {}
     chosen = set(tasks)
     for s in summary.states:
-        if s.task in chosen and s.state not in ("done", "no_data"):
-            by_task.setdefault(s.task, []).append(f"{s.obsid} ({s.state if s.state != MISSING else 'missing'})")
-    print(f"rerun {len(tasks)} task(s): {_task_list(tasks)}")
-    for task in tasks[:_SHOWN_TASKS]:
-        print(f"  task {task}: {', '.join(by_task.get(task, []))}")
+        if s.task in chosen and s.state not in FINISHED:
+            by_task.setdefault(s.task, []).append(f"{s.obsid} ({s.state})")
+    notes = [f"rerun {len(tasks)} task(s): {_task_list(tasks)}"]
+    notes += [f"  task {task}: {', '.join(by_task.get(task, []))}" for task in tasks[:_SHOWN_TASKS]]
     if len(tasks) > _SHOWN_TASKS:
-        print(f"  ... and {len(tasks) - _SHOWN_TASKS} more task(s) (`status --tasks` lists every task)")
-    max_array, source = _max_array_size(dry_run)
-    chunks = cap_chunks(sparse_chunks(tasks, max_array))
-    inputs = RenderInputs.from_config(config, python or sys.executable)
-    array_script, gather_script = paths.slurm_dir / "rerun.sbatch", paths.slurm_dir / "gather.sbatch"
-    array_text, gather_text = render_array(inputs, chunks), render_gather(inputs)
-    calls = _array_calls("rerun", chunks, config.slurm.throttle, array_script, paths)
-    print(f"as {len(chunks)} array(s); MaxArraySize {max_array} ({source})")
-    for note in scale_notes(len(tasks), len(chunks), config.slurm.throttle):
-        print(note)
+        notes.append(f"  ... and {len(tasks) - _SHOWN_TASKS} more task(s) (`status --tasks` lists every task)")
+    limits = _limits(dry_run)
+    chunks = cap_chunks(sparse_chunks(tasks, limits.max_array_size))
+    snapshot = new_snapshot(paths, "rerun")
+    inputs = RenderInputs(config.slurm, snapshot.config, config.run_dir, python or sys.executable)
+    scripts = {"array": render_array(inputs, chunks), "gather": render_gather(inputs)}
+    calls = _array_calls("rerun", chunks, config.slurm.throttle, snapshot.script("array"), paths)
+    notes.append(f"as {len(chunks)} array(s); MaxArraySize {limits.max_array_size} ({limits.source})")
+    notes += scale_notes(len(tasks), len(chunks), config.slurm.throttle, limits.max_job_count)
     if dry_run:
-        _print_dry_run([(array_script, array_text)], calls, gather_script)
-        return 0
+        return SubmitResult("rerun", True, _planned(calls, snapshot.script("gather"), "rerun-gather"), tuple(notes),
+                            scripts=((snapshot.script("array"), scripts["array"]),))
     _check_backend_or_warn(config, manifest)
-    _write_script(array_script, array_text)
-    _write_script(gather_script, gather_text)
-    _submit_arrays(paths, calls, gather_script, "rerun-gather")
-    return 0
+    write_snapshot(snapshot, config, manifest.digest(), scripts)
+    return SubmitResult("rerun", False, _submit_arrays(paths, calls, "rerun-gather", snapshot), tuple(notes),
+                        snapshot.folder)
