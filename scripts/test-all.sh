@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[test,mpi]'
+"$VENV/bin/python" -m pip install -q -e '.[test,mpi,s3]'   # s3: the S3 archive tests (moto is in test)
 export PATH="$PWD/$VENV/bin:$PATH"   # mpiexec from the mpich wheel, rxte-hpc, pytest
 
 # heasoftpy, the user's HEASoft interface, is on no registry: the test setup installs HEASARC's v1.5 source from

@@ -1,28 +1,30 @@
-"""Fetch RXTE archive files over HTTP(S) into a cache shared by many parallel workers.
+"""Mirror remote archive files into a cache shared by many parallel workers, whatever the transport.
 
-Outside SciServer the archive (`.../FTP/xte/data/archive/AO{cycle}/P{prnb}/{obsid}/`)
-is only reachable over HTTPS, and hundreds of Slurm array elements or MPI ranks
-ask for it at once through one cache directory on a shared filesystem. So:
+Outside SciServer the archive is reached over S3 or HTTPS (`archive/transport.py`),
+and hundreds of Slurm array elements or MPI ranks ask for it at once through one
+cache directory on a shared filesystem. No client library does this part, so it
+is the project's own, the same for both transports:
 
 * a file is published in the cache only by `rename` of a fully written, size-checked,
   fsynced temporary; its final name existing means "complete" and it is reused
   without any request;
 * one worker downloads a given file; the others wait on a per-file `flock` and
-  then reuse it (no thundering herd on HEASARC);
-* an interrupted download (a killed job) is continued with `Range` by whoever
-  comes next, never mistaken for a complete file;
-* network trouble is retried with capped exponential backoff and finally becomes
-  `SiteError` (safe to retry the ObsID later); 404 is `NoDataError`; other 4xx
-  are `DataError`.
+  then reuse it (no thundering herd on the archive);
+* an interrupted download (a killed job, a cut connection) is continued from the
+  bytes already on disk by whoever comes next, never mistaken for a complete file;
+* every download is capped: by the size the server announces, and by a maximum
+  per kind of file (`size_cap`), so an endless body cannot fill the cache's
+  filesystem; a body over its cap is a failed download whose partial file is removed;
+* 5xx, SlowDown, time-outs and lost connections are retried with capped
+  exponential backoff and finally become `SiteError` (safe to retry the ObsID
+  later); a host that does not resolve or refuses connections is a `SiteError`
+  at once; a missing file is `NoDataError`; other refusals `DataError`.
 
 Temporary and lock files are dot-files next to their target (`.<name>.part`,
 `.<name>.lock`) so that the globs HEASoft tasks use (`pca/FS4a*`,
 `pca/FH5[abcde]_*`) never see them. Lock files are removed by their holder
 (see `_exclusive`); only a process killed while holding one leaves it behind,
 and the next fetch of that file removes it.
-
-Standard library only (urllib, html.parser, fcntl): the package must run on
-cluster nodes where only the base environment is installed.
 """
 from __future__ import annotations
 
@@ -30,46 +32,63 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import http.client
 import logging
 import os
 import random
-import re
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, TypeVar
 
-from rxte_hpc.core.version import __version__
-from rxte_hpc.archive.listing import COMPLETE_MARKER, MAX_LISTING_BYTES, is_reserved, parse_index, validate_base_url
-from rxte_hpc.core.safepath import safe_relpath
+from rxte_hpc.archive.listing import COMPLETE_MARKER, is_reserved
+from rxte_hpc.archive.transport import READ_SIZE, Body, Restart, Transient, Transport
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
+from rxte_hpc.core.safepath import safe_relpath
+from rxte_hpc.core.version import __version__
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 _T = TypeVar("_T")
 
-_CHUNK = 256 * 1024
 _MAX_TREE_DEPTH = 16  # an ObsID directory is 3 levels deep; a deeper tree is a server loop
 _THREAD_STRIPES = 64
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)
+_MB = 1024 * 1024
+
+SIZE_CAPS = {"science data (pca/, hexte/)": 4096 * _MB, "other": 512 * _MB}
+"""Largest file of each kind the cache accepts.
+
+The archive's largest files are PCA and HEXTE science files (GoodXenon and event
+modes of bright sources reach hundreds of MB); standard products, filter files,
+housekeeping and index files are a few MB. Each cap is far above any real file
+of its kind and far below a filesystem.
+"""
+
+
+def _amount(nbytes: int) -> str:
+    return f"{nbytes // _MB} MB" if nbytes % _MB == 0 else f"{nbytes} bytes"
+
+
+def size_cap(relpath: PurePosixPath) -> tuple[str, int]:
+    """(kind, largest accepted size in bytes) of an archive file, from its path in the ObsID tree."""
+    if {"pca", "hexte"} & set(relpath.parts[:-1]):
+        kind = "science data (pca/, hexte/)"
+    else:
+        kind = "other"
+    return kind, SIZE_CAPS[kind]
 
 
 @dataclass(frozen=True)
 class DownloadPolicy:
-    """How patient the downloader is; the defaults suit HEASARC from a cluster."""
+    """How patient the downloader is; the defaults suit HEASARC and AWS from a cluster."""
 
     timeout_s: float = 60.0
     """Seconds to wait for a connection or for the next bytes of a body."""
     retries: int = 5
-    """Extra attempts after the first one for timeouts, dropped connections and 5xx."""
+    """Extra attempts after the first one for time-outs, lost connections, 5xx and SlowDown."""
     backoff_s: float = 1.0
     """Delay before the first retry; doubled each time (with jitter so workers spread out)."""
     backoff_max_s: float = 30.0
@@ -80,35 +99,6 @@ class DownloadPolicy:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
             raise UsageError(f"download policy needs positive timeout and non-negative retries/backoff: {self}")
-
-
-class _Transient(Exception):
-    """A failure worth another attempt (timeout, reset, short body, 5xx); never leaves this module."""
-
-
-class _Restart(_Transient):
-    """The partial file cannot be continued (server refused the range): start again from zero."""
-
-
-def _parse_content_range(value: str | None) -> tuple[int, int | None]:
-    """(first byte, total size or None) of a 206 answer; _Restart if it is unusable."""
-    match = _CONTENT_RANGE_RE.match(value or "")
-    if not match:
-        raise _Restart(f"unusable Content-Range {value!r}")
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), total
-
-
-def _content_length(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        length = int(value)
-    except ValueError as exc:
-        raise _Transient(f"bad Content-Length {value!r}") from exc
-    if length < 0:
-        raise _Transient(f"bad Content-Length {value!r}")
-    return length
 
 
 def _fsync_dir(path: Path) -> None:
@@ -141,7 +131,7 @@ def _exclusive(lock_path: Path, what: str) -> Iterator[None]:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         except OSError as exc:
-            raise SiteError(f"cannot create lock file {lock_path}: {exc.strerror or exc}") from exc
+            raise SiteError(f"cannot create lock file {lock_path}: {exc.strerror or exc}", path=lock_path) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,9 +149,9 @@ def _exclusive(lock_path: Path, what: str) -> Iterator[None]:
                 raise UsageError(
                     f"the download cache does not support file locks ({lock_path}: {exc.strerror}); "
                     "put the cache on a filesystem with working flock (Lustre: mount with -o flock) "
-                    "or pre-stage the archive with `rxte-hpc fetch` from one process"
+                    "or pre-stage the archive with `rxte-hpc fetch` from one process", path=lock_path
                 ) from exc
-            raise SiteError(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
+            raise SiteError(f"cannot lock {lock_path}: {exc.strerror or exc}", path=lock_path) from exc
         except BaseException:
             os.close(fd)
             raise
@@ -182,36 +172,33 @@ class Downloader:
     One instance may be shared by threads; separate instances and separate
     processes (also on other hosts, through the shared filesystem's locks) may use
     the same cache concurrently. Remote files are assumed immutable (the RXTE
-    archive is): a partial download is continued with `Range`, not revalidated.
+    archive is): a partial download is continued, not revalidated.
     """
 
     def __init__(
         self,
-        base_url: str,
+        transport: Transport,
         cache_dir: Path,
         policy: DownloadPolicy = DownloadPolicy(),
         progress: ProgressCallback | None = None,
     ) -> None:
-        self.base_url = validate_base_url(base_url)
+        self.transport = transport
         self.cache_dir = Path(cache_dir).absolute()
         self.policy = policy
         self.progress = progress
-        self._opener = urllib.request.build_opener()
         # On NFS, flock is emulated with POSIX locks, which belong to a process and so
         # do not keep two threads apart; these stripes do, without a registry that grows.
         self._stripes = tuple(threading.Lock() for _ in range(_THREAD_STRIPES))
         self._random = random.Random()
 
     def __repr__(self) -> str:
-        return f"Downloader({self.base_url!r}, {str(self.cache_dir)!r})"
+        return f"Downloader({self.transport.location!r}, {str(self.cache_dir)!r})"
 
     # -- public API -----------------------------------------------------------------
 
     def url_for(self, relpath: str | PurePosixPath, directory: bool = False) -> str:
-        """The remote URL of an archive path (each component percent-encoded)."""
-        rel = safe_relpath(relpath)
-        quoted = "/".join(urllib.parse.quote(part, safe="") for part in rel.parts)
-        return self.base_url + quoted + ("/" if directory else "")
+        """The remote URL of an archive path."""
+        return self.transport.url_for(relpath, directory)
 
     def local_path(self, relpath: str | PurePosixPath) -> Path:
         """Where an archive path lives in the cache (whether or not it is there yet)."""
@@ -235,14 +222,17 @@ class Downloader:
             if dest.is_file():  # somebody else finished it while we waited
                 log.debug("%s: fetched by another worker", rel)
                 return dest
-            self._with_retries(url, lambda: self._download_once(url, str(rel), dest))
+            self._with_retries(url, lambda: self._download_once(url, rel, dest))
         return dest
 
     def list_dir(self, relpath: str | PurePosixPath) -> tuple[list[str], list[str]]:
-        """(files, subdirectories) of a remote directory, from its HTML index page."""
-        url = self.url_for(relpath, directory=True)
-        html, final_url = self._with_retries(url, lambda: self._get_small(url))
-        return parse_index(html, final_url)
+        """(files, subdirectories) of a remote directory; NoDataError when it does not exist."""
+        rel = safe_relpath(relpath)
+        return self._with_retries(self.url_for(rel, directory=True), lambda: self.transport.list_dir(rel))
+
+    def root_is_empty(self) -> bool:
+        """Whether the archive root lists nothing at all (retried like any request)."""
+        return self._with_retries(self.transport.location, self.transport.is_empty)
 
     def fetch_tree(self, relpath: str | PurePosixPath) -> Path:
         """Mirror a remote directory recursively and return the local directory.
@@ -263,9 +253,12 @@ class Downloader:
         with _exclusive(local.with_name(f".{local.name}.lock"), f"{rel}/"):
             if self._tree_complete(rel):
                 return local
-            count = self._walk(rel, depth=0)
-            self._write_marker(local, rel, count)
-        log.debug("%s: tree complete (%d files)", rel, count)
+            files = self._tree_files(rel)
+            self._makedirs(local)
+            for name in files:
+                self.fetch(rel / name)
+            self._write_marker(local, rel, len(files))
+        log.debug("%s: tree complete (%d files)", rel, len(files))
         return local
 
     # -- internals ------------------------------------------------------------------
@@ -284,17 +277,20 @@ class Downloader:
                 return True
         return False
 
-    def _walk(self, rel: PurePosixPath, depth: int) -> int:
+    def _tree_files(self, rel: PurePosixPath) -> list[PurePosixPath]:
+        """Every file below `rel`, relative to it: one paginated listing where the transport has it, else a walk."""
+        if self.transport.lists_trees:
+            return self._with_retries(self.url_for(rel, directory=True), lambda: self.transport.list_tree(rel))
+        return self._walk(rel, PurePosixPath(), 0)
+
+    def _walk(self, top: PurePosixPath, below: PurePosixPath, depth: int) -> list[PurePosixPath]:
         if depth > _MAX_TREE_DEPTH:
-            raise DataError(f"directory tree deeper than {_MAX_TREE_DEPTH} levels at {self.url_for(rel, True)}")
-        files, subdirs = self.list_dir(rel)
-        self._makedirs(self.cache_dir.joinpath(*rel.parts))
-        for name in files:
-            self.fetch(rel / name)
-        count = len(files)
+            raise DataError(f"directory tree deeper than {_MAX_TREE_DEPTH} levels at {self.url_for(top / below, True)}")
+        files, subdirs = self.list_dir(top / below if below.parts else top)
+        found = [below / name for name in files]
         for name in subdirs:
-            count += self._walk(rel / name, depth + 1)
-        return count
+            found += self._walk(top, below / name, depth + 1)
+        return found
 
     def _write_marker(self, local: Path, rel: PurePosixPath, count: int) -> None:
         tmp = local / f".{COMPLETE_MARKER}.tmp"
@@ -308,14 +304,14 @@ class Downloader:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise SiteError(f"cannot write {local / COMPLETE_MARKER}: {exc.strerror or exc}") from exc
+            raise SiteError(f"cannot write {local / COMPLETE_MARKER}: {exc.strerror or exc}", path=local) from exc
         _fsync_dir(local)
 
     def _makedirs(self, path: Path) -> None:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise SiteError(f"cannot create cache directory {path}: {exc.strerror or exc}") from exc
+            raise SiteError(f"cannot create cache directory {path}: {exc.strerror or exc}", path=path) from exc
 
     def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
         """Run `attempt` until it succeeds or the policy's retries are used up (then SiteError).
@@ -330,74 +326,25 @@ class Downloader:
         while True:
             try:
                 return attempt()
-            except _Restart as exc:
+            except Restart as exc:
                 if not restarted:
                     log.debug("%s: %s; starting again from byte 0", url, exc)
                     restarted = True
                     continue
-                reason: _Transient = exc
-            except _Transient as exc:
+                reason: Transient = exc
+            except Transient as exc:
                 reason = exc
             restarted = False
             if failures == policy.retries:
-                raise SiteError(f"cannot download {url}: {reason} (gave up after {failures + 1} attempts)") from reason
+                raise SiteError(f"cannot download {url}: {reason} (gave up after {failures + 1} attempts)",
+                                url=url, cause=reason) from reason
             delay = min(policy.backoff_max_s, policy.backoff_s * 2**failures)
             delay *= self._random.uniform(0.5, 1.0)  # workers that failed together retry apart
             failures += 1
             log.warning("%s: %s; retry %d/%d in %.1f s", url, reason, failures, policy.retries, delay)
             time.sleep(delay)
 
-    def _open(self, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-        """Send a GET; map every failure to _Transient or to the package's errors."""
-        request = urllib.request.Request(
-            url, headers={"User-Agent": self.policy.user_agent, "Accept-Encoding": "identity", **headers}
-        )
-        try:
-            return self._opener.open(request, timeout=self.policy.timeout_s)
-        except urllib.error.HTTPError as exc:
-            status, reason = exc.code, exc.reason
-            content_range = exc.headers.get("Content-Range") if exc.headers else None
-            exc.close()
-            if status == 404:
-                raise NoDataError(f"not in the archive: {url} (HTTP 404)") from None
-            if status == 416:
-                raise _Restart(f"HTTP 416, server range {content_range!r}") from None
-            if status in (408, 429) or status >= 500:
-                raise _Transient(f"HTTP {status} {reason}") from None
-            raise DataError(f"cannot download {url}: HTTP {status} {reason}") from None
-        except urllib.error.URLError as exc:
-            raise _Transient(f"{exc.reason}") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
-
-    def _get_small(self, url: str) -> tuple[str, str]:
-        """(text, final URL after redirects) of a small document such as an index page.
-
-        The final URL matters: relative links on a page resolve against where the page
-        really came from, which after a redirect to a mirror is not `url`.
-        """
-        with self._open(url, {}) as response:
-            expected = _content_length(response.headers.get("Content-Length"))
-            charset = response.headers.get_content_charset() or "utf-8"
-            final_url = response.geturl()
-            chunks: list[bytes] = []
-            size = 0
-            while size <= MAX_LISTING_BYTES:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Transient(f"connection lost after {size} bytes: {type(exc).__name__}: {exc}") from exc
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-        if size > MAX_LISTING_BYTES:
-            raise DataError(f"index page larger than {MAX_LISTING_BYTES} bytes: {url}")
-        if expected is not None and size != expected:
-            raise _Transient(f"short body: got {size} of {expected} bytes")
-        return b"".join(chunks).decode(charset, errors="replace"), final_url
-
-    def _download_once(self, url: str, name: str, dest: Path) -> None:
+    def _download_once(self, url: str, rel: PurePosixPath, dest: Path) -> None:
         """One attempt: continue or start `.<name>.part`, check its size, publish by rename.
 
         Runs under the file's lock, so an existing partial file belongs to a worker
@@ -408,45 +355,44 @@ class Downloader:
             offset = os.stat(part, follow_symlinks=False).st_size
         except FileNotFoundError:
             offset = 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
         log.debug("GET %s%s", url, f" from byte {offset}" if offset else "")
         try:
-            response = self._open(url, headers)
-        except _Restart:
+            body = self.transport.open(rel, offset)
+        except (Restart, NoDataError, DataError):  # nothing left to continue (a stale partial, or no file)
             self._remove(part)
             raise
-        except (NoDataError, DataError):
-            self._remove(part)
-            raise
-        with response:
-            length = _content_length(response.headers.get("Content-Length"))
-            if response.status == 206 and offset:
-                start, total = _parse_content_range(response.headers.get("Content-Range"))
-                if start != offset:
+        with body:
+            if offset and body.start != offset:
+                if body.start != 0:
                     self._remove(part)
-                    raise _Restart(f"server resumed at byte {start}, not {offset}")
-            else:
-                if offset:
-                    log.debug("%s: server ignored the range; starting again", url)
-                offset, total = 0, length
-            if total is not None and length is not None and offset + length != total:
-                raise _Transient(f"inconsistent sizes: {offset} + {length} bytes != {total}")
-            done = self._receive(response, dest, name, offset, total, append=offset > 0)
+                    raise Restart(f"server resumed at byte {body.start}, not {offset}")
+                log.debug("%s: server ignored the range; starting again", url)
+                offset = 0
+            total = body.total
+            if total is not None and body.length is not None and body.start + body.length != total:
+                raise Transient(f"inconsistent sizes: {body.start} + {body.length} bytes != {total}")
+            kind, cap = size_cap(rel)
+            if total is not None and total > cap:
+                self._remove(part)
+                raise DataError(f"not downloaded: {url} is {total} bytes, above the {_amount(cap)} cap "
+                                f"for {kind} files", url=url)
+            limit = total if total is not None else cap
+            done = self._receive(body, url, dest, str(rel), offset, limit, total, f"the {_amount(cap)} cap for {kind} files")
         if total is not None and done != total:
-            raise _Transient(f"short body: got {done} of {total} bytes")
+            raise Transient(f"short body: got {done} of {total} bytes")
         try:
             os.replace(part, dest)
         except OSError as exc:
-            raise SiteError(f"cannot publish {dest}: {exc.strerror or exc}") from exc
+            raise SiteError(f"cannot publish {dest}: {exc.strerror or exc}", path=dest) from exc
         _fsync_dir(dest.parent)
         log.debug("cached %s (%d bytes)", dest, done)
 
     def _receive(
-        self, response: http.client.HTTPResponse, dest: Path, name: str, offset: int, total: int | None, append: bool
+        self, body: Body, url: str, dest: Path, name: str, offset: int, limit: int, total: int | None, cap_text: str
     ) -> int:
-        """Copy the body into dest's partial file; returns its size. Network errors are _Transient."""
+        """Copy the body into dest's partial file; returns its size. Past `limit` bytes it stops (DataError)."""
         part = dest.with_name(f".{dest.name}.part")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if offset else os.O_TRUNC)
         done = offset
         try:
             fd = os.open(part, flags, 0o644)
@@ -456,12 +402,16 @@ class Downloader:
             if self.progress is not None:
                 self.progress(name, done, total)
             while True:
-                try:
-                    chunk = response.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Transient(f"connection lost after {done} bytes: {type(exc).__name__}: {exc}") from exc
+                chunk = body.read(READ_SIZE)
                 if not chunk:
                     break
+                if done + len(chunk) > limit:
+                    os.close(fd)
+                    fd = -1
+                    self._remove(part)
+                    announced = f"the {total} bytes announced" if total is not None else cap_text
+                    raise DataError(f"download of {url} stopped: the server sent more than {announced} "
+                                    "(partial file removed)", url=url)
                 try:
                     view = memoryview(chunk)
                     while view:
@@ -476,18 +426,18 @@ class Downloader:
             except OSError as exc:
                 raise self._disk_error(dest, part, exc) from exc
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         return done
 
     def _disk_error(self, dest: Path, part: Path, exc: OSError) -> SiteError:
         """A local write failed: SiteError; a full disk also drops the partial file to free space."""
         if exc.errno in _DISK_FULL:
             self._remove(part)
-            return SiteError(f"disk full while writing {dest} (partial file removed): {exc.strerror}")
-        return SiteError(f"cannot write {part}: {exc.strerror or exc}")
+            return SiteError(f"disk full while writing {dest} (partial file removed): {exc.strerror}", path=dest)
+        return SiteError(f"cannot write {part}: {exc.strerror or exc}", path=part)
 
     @staticmethod
     def _remove(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-

@@ -1,11 +1,12 @@
-"""The configured archive: a local mirror, an HTTPS mirror through a cache, or the simulated one."""
+"""The configured archive: a local mirror, an S3 bucket or HTTPS mirror through a cache, or the simulated one."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from rxte_hpc.archive.base import Archive
 from rxte_hpc.archive.local import LocalArchive, ensure_simulated
-from rxte_hpc.archive.remote import RemoteArchive, is_remote_root
+from rxte_hpc.archive.remote import RemoteArchive
+from rxte_hpc.core.archiveconfig import is_remote_root
 from rxte_hpc.core.config import ARCHIVE_SIMULATED, Config
 from rxte_hpc.core.errors import UsageError
 from rxte_hpc.core.paths import RunPaths
@@ -17,8 +18,9 @@ def open_archive(config: Config, paths: RunPaths) -> Archive:
     if root == ARCHIVE_SIMULATED:
         return LocalArchive(ensure_simulated(config, paths))
     if is_remote_root(root):
-        return RemoteArchive(root, config.archive.cache or paths.cache_dir)
+        return RemoteArchive(root, config.archive.cache or paths.cache_dir, s3=config.archive.s3)
     path = Path(root)
     if not path.is_dir():
-        raise UsageError(f"{config.path}: archive.root {root!r} is not a directory, an https:// URL, or 'simulated'")
+        raise UsageError(f"{config.path}: archive.root {root[:200]!r} is not a directory, an s3:// or https:// URL, "
+                         "or 'simulated'")
     return LocalArchive(path)

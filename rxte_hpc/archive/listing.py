@@ -1,6 +1,6 @@
-"""Archive URLs and directory index pages: what a config may name, and which links of a listing are files.
+"""Archive URLs and directory listings: what a config may name, and which names of a listing are files.
 
-Kept apart from the downloader because both are pure text rules, tested
+Kept apart from the transports because these are pure text rules, tested
 without a server.
 """
 from __future__ import annotations
@@ -52,6 +52,19 @@ def is_reserved(name: str) -> bool:
     return name == COMPLETE_MARKER or (name.startswith(".") and name.endswith((".part", ".lock", ".tmp")))
 
 
+def is_safe_name(name: str, where: str) -> bool:
+    """Whether a name from a server's listing may become one path component in the cache (else a warning).
+
+    Server listings are input: '..', a backslash, control characters or the
+    cache's own names would let a listing write outside its directory or over
+    the cache's bookkeeping.
+    """
+    if name in ("", ".", "..") or "/" in name or "\\" in name or CONTROL_RE.search(name) or is_reserved(name):
+        log.warning("ignoring unsafe name %r in the listing of %s", name[:80], where)
+        return False
+    return True
+
+
 class _IndexParser(HTMLParser):
     """Collects the href of every <a> in an autoindex page."""
 
@@ -97,8 +110,6 @@ def parse_index(html: str, dir_url: str) -> tuple[list[str], list[str]]:
         name = urllib.parse.unquote(rest[:-1] if is_dir else rest)
         if not name or name in (".", "..") or "/" in name:
             continue
-        if "\\" in name or CONTROL_RE.search(name) or is_reserved(name):
-            log.warning("ignoring unsafe name %r in the listing of %s", name, dir_url)
-            continue
-        (subdirs if is_dir else files).add(name)
+        if is_safe_name(name, dir_url):
+            (subdirs if is_dir else files).add(name)
     return sorted(files), sorted(subdirs - files)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from rxte_hpc.core.archiveconfig import S3Config, check_archive, is_remote_root
 from rxte_hpc.core.errors import ConfigError
 from rxte_hpc.core.productnames import product_names
 from rxte_hpc.core.targetsfile import read_targets_csv
@@ -69,8 +70,9 @@ class SimulateConfig:
 
 @dataclass(frozen=True)
 class ArchiveConfig:
-    root: str = _f(ARCHIVE_SIMULATED, "archive root: a directory, an https:// URL, or 'simulated'")
-    cache: Path | None = _f(None, "download cache for an https root (default <run_dir>/cache)", path=True)
+    root: str = _f(ARCHIVE_SIMULATED, "archive root: a directory, an s3:// or https:// URL, or 'simulated'")
+    cache: Path | None = _f(None, "download cache for an s3:// or https:// root (default <run_dir>/cache)", path=True)
+    s3: S3Config = _f(S3Config(), "for an s3:// root: {endpoint_url, anon, region}")
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ def config_from_mapping(raw: Any, path: Path) -> Config:
     run_dir = _resolve_path(_expect_str(raw["run_dir"], "run_dir", path), base)
     sections = {name: _section(cls, raw.get(name), name, path, base) for name, cls in _SECTIONS.items()}
     root = sections["archive"].root
-    if root != ARCHIVE_SIMULATED and not root.startswith(("http://", "https://")):
+    if root != ARCHIVE_SIMULATED and not is_remote_root(root):
         sections["archive"] = dataclasses.replace(sections["archive"], root=str(_resolve_path(root, base)))
     targets: tuple[TargetConfig, ...] = ()
     if "targets" in raw:
@@ -353,6 +355,8 @@ def _convert(value: Any, hint: Any, fld: dataclasses.Field, key: str, path: Path
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if key == "extract.bands":
         return _bands(value, fail, path, key)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested section such as archive.s3
+        return _section(hint, value, key, path, base)
     origin = typing.get_origin(hint)
     if hint is bool:
         if not isinstance(value, bool):
@@ -473,5 +477,6 @@ def _cross_checks(cfg: Config) -> None:
             raise ConfigError(f"{path}: {key}: energy band [{lo:g}, {hi:g}] keV needs 0 <= low < high")
     if cfg.source.kind == "table" and cfg.source.path is None:
         raise ConfigError(f"{path}: source.path is required for source.kind: table")
+    check_archive(path, cfg.source.kind, cfg.archive.root, cfg.archive.s3)
     product_names(cfg.path, cfg.gather.output, cfg.gather.plot, [b.name for b in ex.band_list()],
                   cfg.gather.hardness or ())

@@ -17,7 +17,7 @@ from rxte_hpc.core.config import _SECTIONS, TargetConfig
 _INTRO = """\
 # Configuration reference
 
-Generated from the config dataclasses (`rxte_hpc/core/config.py`) by `rxte-hpc config --schema`;
+Generated from the config dataclasses (`rxte_hpc/core/config.py`, `archiveconfig.py`) by `rxte-hpc config --schema`;
 a test keeps this file equal to that output. A config is one YAML mapping. Unknown keys, wrong
 types and values outside the limits below are refused when the config is loaded (exit 2, the
 message names the file and the key). Relative paths are relative to the config file's folder,
@@ -87,6 +87,11 @@ def _section(name: str, cls: type) -> list[str]:
     lines = [f"## `{name}:`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         text = str(f.metadata.get("help", "")).replace("|", "\\|") + _limits(f.metadata)
+        nested = hints[f.name]
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested):  # a section inside one: archive.s3
+            lines.append(f"| `{name}.{f.name}` | mapping | its keys below | {text} |")
+            lines += _section(f"{name}.{f.name}", nested)[4:]
+            continue
         lines.append(f"| `{name}.{f.name}` | {_type_name(hints[f.name])} | {_default(f)} | {text} |")
     return lines
 

@@ -13,7 +13,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
-from rxte_hpc.archive.remote import RemoteArchive, is_remote_root
+from rxte_hpc.archive.remote import RemoteArchive
+from rxte_hpc.core.archiveconfig import is_remote_root
 from rxte_hpc.core.config import Config
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError
 from rxte_hpc.core.manifest import Manifest, ManifestRow
@@ -122,11 +123,12 @@ def fetch(config: Config, manifest: Manifest, task: int | None = None, *, stream
     paths = RunPaths(config.run_dir)
     cache = config.archive.cache or paths.cache_dir
     tally = _Tally(len(rows), stream if stream is not None else sys.stderr, progress)
-    archive = RemoteArchive(root, cache, progress=tally.transfers)
+    archive = RemoteArchive(root, cache, progress=tally.transfers, s3=config.archive.s3)
     extractor = make_extractor(ExtractContext(config, paths, archive))
     log.info("fetching what the %s backend reads for %d ObsIDs from %s into %s", config.extract.backend, len(rows),
              archive.location, archive.cache_dir)
     outcomes = _run_fetches(archive, extractor, rows, tally)
+    archive.raise_if_root_empty()  # one line for a wrong root, not one "failed" per ObsID
     problems = tuple(FetchProblem(o.obsid, o.state, o.error) for o in outcomes if o.state in ("missing", "failed"))
     return FetchResult(len(rows), dict(tally.counts), tally.transfers.total_bytes, sum(o.files for o in outcomes),
                        archive.cache_dir, problems)

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from httpserver import Faults, pseudo_random_bytes, serve_tree, write_tree
-from rxte_hpc.archive.download import Downloader, DownloadPolicy
+from rxte_hpc.archive import download
+from rxte_hpc.archive.download import DownloadPolicy
 from rxte_hpc.archive.listing import COMPLETE_MARKER, parse_index, validate_base_url
+from rxte_hpc.archive.transport import HttpTransport
 from rxte_hpc.core.safepath import safe_relpath
 from rxte_hpc.core.errors import DataError, NoDataError, SiteError, UsageError
 
@@ -24,6 +26,11 @@ FILE = f"{OBS}/pca/FS4a_1234abcd-1234ffff.gz"
 URLPATH = "/" + FILE
 DATA = pseudo_random_bytes(700_000, seed=3)  # several read chunks, so drops land mid-body
 FAST = DownloadPolicy(timeout_s=5, retries=3, backoff_s=0.01, backoff_max_s=0.05)
+
+
+def Downloader(url: str, cache: Path, policy: DownloadPolicy = FAST, progress=None) -> download.Downloader:  # noqa: N802
+    """The downloader over the real HTTP transport (fsspec's HTTP filesystem), as RemoteArchive makes it."""
+    return download.Downloader(HttpTransport(url, policy.timeout_s, policy.user_agent), cache, policy, progress)
 
 
 @pytest.fixture
@@ -81,11 +88,10 @@ def test_dropped_connection_is_resumed_with_range(archive: Path, tmp_path: Path)
         path = Downloader(server.url, tmp_path / "cache", FAST).fetch(FILE)
         gets = server.gets(URLPATH)
     assert path.read_bytes() == DATA
-    assert [(r.range, r.status) for r in gets] == [
-        (None, 200),
-        ("bytes=300000-", 206),
-        ("bytes=600000-", 206),
-    ]
+    # each attempt continues from what the previous one kept (at most the 300,000 bytes the server sent)
+    assert [r.status for r in gets] == [200, 206, 206] and gets[0].range is None
+    offsets = [int(r.range.removeprefix("bytes=").removesuffix("-")) for r in gets[1:]]
+    assert 0 < offsets[0] <= 300_000 and offsets[0] < offsets[1] <= offsets[0] + 300_000
     assert _cache_leftovers(tmp_path / "cache") == []
 
 
@@ -93,14 +99,16 @@ def test_server_ignoring_range_restarts_from_zero(archive: Path, tmp_path: Path)
     faults = Faults(drop_after={URLPATH: (300_000, 1)}, ignore_range=frozenset({URLPATH}))
     with serve_tree(archive, faults) as server:
         path = Downloader(server.url, tmp_path / "cache", FAST).fetch(FILE)
-        assert [(r.range, r.status) for r in server.gets(URLPATH)] == [(None, 200), ("bytes=300000-", 200)]
+        gets = server.gets(URLPATH)
+        assert [(r.range is None, r.status) for r in gets] == [(True, 200), (False, 200)]
+        assert 0 < int(gets[1].range.removeprefix("bytes=").removesuffix("-")) <= 300_000
     assert path.read_bytes() == DATA
 
 
 def test_content_length_mismatch_is_never_published(archive: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with serve_tree(archive, Faults(extra_length={URLPATH: 10})) as server:
-        with pytest.raises(SiteError, match="short body"):
+        with pytest.raises(SiteError, match="content length|inconsistent sizes|short body"):
             Downloader(server.url, cache, FAST).fetch(FILE)
     assert not (cache / FILE).exists()
     with serve_tree(archive) as server:  # the server is fixed: the partial file is not trusted blindly
@@ -291,3 +299,36 @@ def test_validate_base_url_normalises_the_trailing_slash() -> None:
     url = "https://heasarc.gsfc.nasa.gov/FTP/xte/data/archive"
     assert validate_base_url(url) == url + "/"
     assert validate_base_url(url + "/") == url + "/"
+
+
+def test_a_body_without_end_stops_at_the_cap_and_leaves_nothing(archive: Path, tmp_path: Path, monkeypatch) -> None:
+    """No Content-Length and bytes that never stop: one DataError line, the partial file removed, no retry."""
+    monkeypatch.setitem(download.SIZE_CAPS, "science data (pca/, hexte/)", 1024 * 1024)
+    cache = tmp_path / "cache"
+    with serve_tree(archive, Faults(endless=frozenset({URLPATH}))) as server:
+        with pytest.raises(DataError) as caught:
+            Downloader(server.url, cache, FAST).fetch(FILE)
+        assert server.requests[URLPATH] == 1
+    message = str(caught.value)
+    assert "\n" not in message and "stopped" in message and "1 MB cap for science data" in message
+    assert "partial file removed" in message
+    assert not (cache / FILE).exists() and _cache_leftovers(cache) == []
+
+
+def test_a_file_announced_above_its_cap_is_not_downloaded(archive: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(download.SIZE_CAPS, "science data (pca/, hexte/)", 100_000)
+    with serve_tree(archive) as server:
+        with pytest.raises(DataError, match=r"is 700000 bytes, above the 100000 bytes cap for science data"):
+            Downloader(server.url, tmp_path / "cache", FAST).fetch(FILE)
+        # a file of another kind is under its own cap
+        assert Downloader(server.url, tmp_path / "cache", FAST).fetch(f"{OBS}/FMI").read_bytes() == b"FMI-bytes"
+    assert _cache_leftovers(tmp_path / "cache") == []
+
+
+def test_size_caps_follow_the_kind_of_file() -> None:
+    from pathlib import PurePosixPath
+
+    assert download.size_cap(PurePosixPath(FILE))[0] == "science data (pca/, hexte/)"
+    assert download.size_cap(PurePosixPath(f"{OBS}/hexte/FS52_x.gz"))[0] == "science data (pca/, hexte/)"
+    assert download.size_cap(PurePosixPath(f"{OBS}/stdprod/xp90171010100_n2a.lc.gz"))[0] == "other"
+    assert download.size_cap(PurePosixPath(f"{OBS}/FMI")) == ("other", download.SIZE_CAPS["other"])

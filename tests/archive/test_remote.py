@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.table import Table
 
+from archivekit import assert_same_lcs, cache_files, closed_port, good_obsids, records_of, row_of, work_in_process, \
+    write_config
 from httpserver import Faults, serve_tree
 from rxte_hpc.archive import remote
 from rxte_hpc.cli import main
 from rxte_hpc.core.config import load_config
 from rxte_hpc.archive.download import DownloadPolicy
 from rxte_hpc.core.errors import DataError, NoDataError, UsageError
-from rxte_hpc.fits.lcfile import read_lightcurve
-from rxte_hpc.core.manifest import ManifestRow, read_manifest
+from rxte_hpc.core.manifest import read_manifest
 from rxte_hpc.core.paths import RunPaths
 from rxte_hpc.archive.remote import RemoteArchive
 from rxte_hpc.run.fetch import fetch as fetch_command
@@ -53,80 +52,6 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> DownloadPolicy:
     """In-process RemoteArchives retry quickly (spawned pool workers keep the real default)."""
     monkeypatch.setattr(remote, "DEFAULT_POLICY", FAST)
     return FAST
-
-
-def good_obsids(sim: SimArchive) -> list[str]:
-    return [o.obsid.text for o in sim.observations if o.obsid.text not in sim.broken]
-
-
-def write_table(sim: SimArchive, path: Path, only: list[str] | None = None) -> Path:
-    """An xtemaster-like table of the simulation (optionally only some ObsIDs)."""
-    table = Table.read(sim.root / "xtemaster.ecsv", format="ascii.ecsv")
-    if only is not None:
-        table = table[[str(o) in {x[:14] for x in only} for o in table["obsid"]]]
-    table.write(path, format="ascii.ecsv", overwrite=True)
-    return path
-
-
-def write_config(
-    tmp: Path, sim: SimArchive, root: str, *, name: str = "run", backend: str = "stdprod", per_task: int = 3,
-    only: list[str] | None = None,
-) -> Path:
-    """A config reading `root` (URL or directory), planning from the simulation's xtemaster table."""
-    d = tmp / name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "scratch").mkdir(exist_ok=True)
-    table = write_table(sim, d / "xtemaster.ecsv", only)
-    cfg = d / "config.yaml"
-    cfg.write_text(
-        f"run_dir: out\n"
-        f"target: {{ra: 161.2647, dec: -59.6844, radius_deg: 0.1}}\n"
-        f"source: {{kind: table, path: {table}}}\n"
-        f"archive: {{root: '{root}', cache: cache}}\n"
-        f"extract: {{backend: {backend}, chmin: 5, chmax: 10}}\n"
-        f"scratch: {{root: scratch, min_free_mb: 0}}\n"
-        f"tasks: {{obs_per_task: {per_task}}}\n"
-    )
-    return cfg
-
-
-def work_in_process(cfg: Path) -> dict[str, object]:
-    """plan + every task through `work --task` in this process (so monkeypatches apply)."""
-    assert main(["plan", str(cfg)]) == 0
-    config = load_config(cfg)
-    paths = RunPaths(config.run_dir)
-    manifest = read_manifest(paths.manifest)
-    for task in range(manifest.n_tasks):
-        main(["work", str(cfg), "--task", str(task)])
-    return {r.obsid.text: read_record(paths, r.obsid.text) for r in manifest.rows}
-
-
-def row_of(sim: SimArchive, obsid: str) -> ManifestRow:
-    o = next(o for o in sim.observations if o.obsid.text == obsid)
-    return ManifestRow(0, o.obsid, o.cycle, o.prnb, o.target_name, o.time_mjd, o.exposure_s, o.ra, o.dec, 0)
-
-
-def lc_data(path: Path) -> tuple[np.ndarray, ...]:
-    lc = read_lightcurve(path)
-    return lc.time, lc.rate, lc.error, lc.fracexp, lc.gti
-
-
-def assert_same_lcs(run_a: Path, run_b: Path, obsids: list[str]) -> None:
-    for obsid in obsids:
-        a, b = lc_data(RunPaths(run_a).lc(obsid)), lc_data(RunPaths(run_b).lc(obsid))
-        for x, y in zip(a, b):
-            np.testing.assert_array_equal(x, y)
-
-
-def cache_files(cache: Path) -> list[str]:
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
-
-
-def closed_port() -> int:
-    """A 127.0.0.1 port nobody listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -255,12 +180,6 @@ def test_fetch_reports_404s_as_missing_and_does_only_one_task(sim, tmp_path, cap
 
 
 
-def _records_of(cfg: Path) -> dict[str, str]:
-    config = load_config(cfg)
-    paths = RunPaths(config.run_dir)
-    return {r.obsid.text: read_record(paths, r.obsid.text).state for r in read_manifest(paths.manifest).rows}
-
-
 def test_fetch_for_native_with_prepared_products_downloads_nothing_and_the_run_needs_no_server(sim, tmp_path):
     """native reads prepared products, never the archive's stdprod or pca files: fetch stages what it declares."""
     obsid = good_obsids(sim)[2]
@@ -272,7 +191,7 @@ def test_fetch_for_native_with_prepared_products_downloads_nothing_and_the_run_n
         assert not server.log, "fetch downloaded files the native backend never reads"
     # the server is gone
     assert main(["work", str(cfg), "--task", "0"]) == 0
-    assert _records_of(cfg) == {obsid: "done"}
+    assert records_of(cfg) == {obsid: "done"}
 
 
 @pytest.mark.parametrize("backend", ["native", "heasoft"])
@@ -286,7 +205,7 @@ def test_fetch_then_a_run_with_the_server_stopped_prepares_from_the_cache(sim, t
         assert main(["fetch", str(cfg)]) == 0
         assert server.log
     assert main(["work", str(cfg), "--task", "0"]) == 0
-    assert _records_of(cfg) == {obsid: "done"}
+    assert records_of(cfg) == {obsid: "done"}
 
 
 def test_fetch_for_heasoft_mirrors_whole_obsid_directories(sim, tmp_path):

@@ -12,7 +12,9 @@ then fine" or "exactly one download of this file".
         assert server.requests["/a/b.fits"] == 3
 
 The server binds 127.0.0.1 only, on a port the OS picks; handler sockets time out
-after a few seconds, and `serve_tree` joins every handler thread on exit.
+after a few seconds, and `serve_tree` joins every handler thread on exit. It speaks
+HTTP/1.0 (a connection per request) unless `keep_alive=True` asks for HTTP/1.1
+persistent connections, as the real archive's Apache keeps them.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 _RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)$")
+ENDLESS_LIMIT = 64 * 1024 * 1024
+"""An endless body stops by itself after this many bytes (so a broken client cannot keep a test busy)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Faults:
     """paths whose Range header is ignored: a full 200 answer, as some mirrors do."""
     delay_s: dict[str, float] = field(default_factory=dict)
     """path -> sleep this long before sending the body (keeps concurrent clients overlapping)."""
+    endless: frozenset[str] = frozenset()
+    """paths answered 200 without a Content-Length and a body that does not end (until the client hangs up)."""
 
 
 class Request(NamedTuple):
@@ -65,13 +71,14 @@ class ArchiveServer(http.server.ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins handler threads: no socket outlives the test
     block_on_close = True
 
-    def __init__(self, root: Path, faults: Faults) -> None:
+    def __init__(self, root: Path, faults: Faults, keep_alive: bool = False) -> None:
         self.root = Path(root).resolve()
         self.faults = faults
+        self.keep_alive = keep_alive
         self.requests: Counter[str] = Counter()
         self.log: list[Request] = []
         self._lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", 0), _KeepAliveHandler if keep_alive else _Handler)
 
     @property
     def url(self) -> str:
@@ -123,6 +130,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._error(403, "Forbidden")
         if seen < faults.fail_503.get(path, 0):
             return self._error(503, "Service Unavailable")
+        if path in faults.endless and body:
+            return send_endless(self)
         local = self._local(path)
         if local is None or not local.exists():
             return self._error(404, "Not Found")
@@ -168,7 +177,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with contextlib.suppress(ConnectionError):
             self.wfile.write(payload)
             self.wfile.flush()
-        self.close_connection = True
+        self.close_connection = not self.server.keep_alive or len(payload) < len(data) - start
         return status
 
     def _send(self, status: int, payload: bytes, content_type: str, body: bool) -> int:
@@ -190,6 +199,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if candidate != self.server.root and self.server.root not in candidate.parents:
             return None
         return candidate
+
+
+class _KeepAliveHandler(_Handler):
+    """HTTP/1.1 with persistent connections, as Apache serves HEASARC's archive (a cut body still closes)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes; without this each waits 40 ms
+    timeout = 2  # an idle kept connection holds a handler thread (joined at the end) this long at most
+
+
+def send_endless(handler: http.server.BaseHTTPRequestHandler) -> int:
+    """Answer 200 without a length, then zeros until the client hangs up (at most ENDLESS_LIMIT bytes)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    block = b"\0" * 65536
+    with contextlib.suppress(OSError):
+        for _ in range(ENDLESS_LIMIT // len(block)):
+            handler.wfile.write(block)
+    return 200
 
 
 def _index_page(path: str, directory: Path) -> bytes:
@@ -214,9 +245,12 @@ def _index_page(path: str, directory: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def serve_tree(root: Path | str, faults: Faults | None = None) -> Iterator[ArchiveServer]:
-    """Serve `root` on 127.0.0.1 for the duration of the block; stop and join everything after."""
-    server = ArchiveServer(Path(root), faults or Faults())
+def serve_tree(root: Path | str, faults: Faults | None = None, keep_alive: bool = False) -> Iterator[ArchiveServer]:
+    """Serve `root` on 127.0.0.1 for the duration of the block; stop and join everything after.
+
+    `keep_alive`: HTTP/1.1 persistent connections (else HTTP/1.0, one connection per request).
+    """
+    server = ArchiveServer(Path(root), faults or Faults(), keep_alive)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
